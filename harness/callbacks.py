@@ -1,0 +1,217 @@
+"""Callbacks: the one extension mechanism for features that hang on the loop.
+
+The Trainer calls each event below on its own `on_*` method (override it in a subclass) and then on
+every callback, in order. The built-ins (checkpoints, early stopping, EMA) are written on exactly
+this class, so a user's own callback has the same powers.
+
+| event                | when it runs                                          | typical use                    |
+|----------------------|-------------------------------------------------------|--------------------------------|
+| on_fit_start         | once, before the first epoch (after a resume is loaded) | check settings, open files   |
+| on_epoch_start       | before each training epoch                            | change data, freeze layers     |
+| on_train_batch_end   | after each training batch (loss is a device tensor)   | EMA update; avoid host syncs   |
+| on_validation_start  | before each validation / test pass                    | swap in averaged weights       |
+| on_validation_end    | after it, with the metrics as floats                  | swap weights back              |
+| on_epoch_end         | after validation, with the epoch's logs (floats)      | checkpoints, early stopping    |
+| on_interrupt         | SIGINT / SIGTERM arrived; the current step finished   | write a resumable checkpoint   |
+| on_fit_end           | once, after the last epoch (not after an interrupt)   | close files, summaries         |
+
+A callback that keeps state across epochs returns it from `state_dict()`; checkpoints store it and
+a resume hands it back through `load_state_dict()`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from harness.trainer import Trainer
+
+
+class Callback:
+    """Base class: every event is a no-op; override the ones you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_train_batch_end(self, trainer: Trainer, batch_idx: int, loss: Tensor) -> None: ...
+    def on_validation_start(self, trainer: Trainer) -> None: ...
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None: ...
+    def on_interrupt(self, trainer: Trainer) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def callback_key(callback: Callback, index: int) -> str:
+    """The name a callback's state is stored under in a checkpoint."""
+    return f"{index}:{type(callback).__name__}"
+
+
+class Monitor:
+    """Tracks the best value of one logged metric; `improved(value)` updates it."""
+
+    def __init__(self, monitor: str, mode: Literal["min", "max"] = "max", min_delta: float = 0.0) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode {mode!r}: allowed are 'min', 'max'")
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def value(self, logs: dict[str, float]) -> float:
+        if self.monitor not in logs:
+            raise KeyError(f"monitor {self.monitor!r} is not among the logged metrics: {sorted(logs)}")
+        return float(logs[self.monitor])
+
+    def improved(self, value: float) -> bool:
+        better = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if better:
+            self.best = value
+        return better
+
+
+class ModelCheckpoint(Callback):
+    """Writes `last.pt` after every epoch (and on SIGINT/SIGTERM) and `best.pt` when `monitor` improves.
+
+    `extra` is stored in every checkpoint (the CLI stores the resolved recipe there).
+    """
+
+    def __init__(self, dirpath: str | Path, monitor: str | None = "val/acc", mode: Literal["min", "max"] = "max",
+                 extra: dict[str, Any] | None = None, resume_hint: str | None = None) -> None:
+        self.dirpath = Path(dirpath)
+        self.tracker = Monitor(monitor, mode) if monitor else None
+        self.extra = extra or {}
+        self.resume_hint = resume_hint
+        self.best_epoch: int | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.dirpath / "best.pt"
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        from harness.checkpoint import atomic_copy, save_checkpoint
+
+        # The "best" verdict is part of the saved state, so decide it before writing last.pt.
+        improved = self.tracker is not None and self.tracker.improved(self.tracker.value(logs))
+        if improved:
+            self.best_epoch = epoch
+        save_checkpoint(trainer, self.last_path, extra=self.extra)
+        if improved:
+            atomic_copy(self.last_path, self.best_path)
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        from harness.checkpoint import save_checkpoint
+
+        save_checkpoint(trainer, self.last_path, extra=self.extra)
+        hint = self.resume_hint or f"Trainer.fit(..., resume_from={str(self.last_path)!r})"
+        print(f"\ninterrupted: saved {self.last_path} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch});"
+              f" resume with: {hint}", file=sys.stderr, flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.tracker.best if self.tracker else None, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.tracker is not None and state.get("best") is not None:
+            self.tracker.best = state["best"]
+        self.best_epoch = state.get("best_epoch")
+
+
+class EarlyStopping(Callback):
+    """Stops `fit` when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    def __init__(self, monitor: str = "val/loss", mode: Literal["min", "max"] = "min", patience: int = 3,
+                 min_delta: float = 0.0) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.tracker = Monitor(monitor, mode, min_delta)
+        self.patience = patience
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self.tracker.improved(self.tracker.value(logs)):
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            trainer.should_stop = True
+            print(f"early stopping at epoch {epoch}: {self.tracker.monitor} has not improved for "
+                  f"{self.patience} epoch(s); best {self.tracker.best:.6g}", file=sys.stderr, flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.tracker.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+
+
+class EMA(Callback):
+    """Exponential moving average of the weights, updated after every optimizer step:
+    ema = decay * ema + (1 - decay) * weights. Validation and test run on the averaged weights
+    (swapped in for the pass, then swapped back); the average is saved in the checkpoint."""
+
+    def __init__(self, decay: float = 0.999) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.shadow: dict[str, Tensor] | None = None
+        self._backup: dict[str, Tensor] | None = None
+        self._seen_step = -1
+
+    def _model_state(self, trainer: Trainer) -> dict[str, Tensor]:
+        from harness.trainer import unwrap_model
+
+        return unwrap_model(trainer.model).state_dict()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.shadow is None:
+            self.shadow = {k: v.detach().clone() for k, v in self._model_state(trainer).items()}
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Trainer, batch_idx: int, loss: Tensor) -> None:
+        if trainer.global_step == self._seen_step or self.shadow is None:
+            return  # accumulating gradients: no optimizer step yet
+        self._seen_step = trainer.global_step
+        state = self._model_state(trainer)
+        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        # One fused kernel for all float tensors; integer buffers (BN's batch count) are copied.
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].detach() for k in floats], 1.0 - self.decay)
+        for k, v in self.shadow.items():
+            if not v.is_floating_point():
+                v.copy_(state[k])
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        if self.shadow is None:
+            return
+        from harness.trainer import unwrap_model
+
+        model = unwrap_model(trainer.model)
+        self._backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if self._backup is None:
+            return
+        from harness.trainer import unwrap_model
+
+        unwrap_model(trainer.model).load_state_dict(self._backup)
+        self._backup = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shadow = state["shadow"]

@@ -1,0 +1,232 @@
+"""Recipes: a YAML file plus `key=value` overrides, validated against one typed schema.
+
+Every default lives in the classes below and nowhere else. An unknown key, a wrong type or a bad
+choice raises `HarnessError` with one line naming the file, the key and what is allowed, before
+any work starts. Overrides go through exactly the same validation as the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import HarnessError
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a misspelled key into an error instead of a silently ignored default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = "cnn"  # a name from models.MODELS, or an import path "package.module:Class"
+    args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for the class
+
+
+class DataConfig(Section):
+    name: str = "mnist"  # mnist | fashion_mnist | cifar10
+    root: str | None = None  # None: $HARNESS_DATA_DIR, else ./data
+    download: bool = True  # try to download when the files are missing
+    batch_size: int = Field(128, gt=0)  # samples per training step (per process under torchrun)
+    eval_batch_size: int = Field(1000, gt=0)  # samples per validation / test batch
+    val_size: int = Field(5000, ge=0)  # images held out of the training split for validation
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0)  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw only
+
+
+class LossConfig(Section):
+    name: Literal["cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce_with_logits"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross_entropy only
+
+
+class MetricConfig(Section):
+    type: Literal["accuracy", "precision", "recall", "f1", "confusion_matrix"]
+    average: Literal["micro", "macro", "weighted", "none", "binary"] = "macro"  # precision/recall/f1
+    top_k: int = Field(1, gt=0)  # accuracy only
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str | None = None  # None: trainer.monitor
+    mode: Literal["min", "max"] | None = None  # None: trainer.mode
+    patience: int = Field(3, gt=0)  # epochs without improvement before stopping
+    min_delta: float = Field(0.0, ge=0)  # smaller changes do not count as improvement
+
+
+class EMAConfig(Section):
+    decay: float = Field(0.999, gt=0, lt=1)  # per optimizer step
+
+
+class TrainerConfig(Section):
+    epochs: int = Field(5, gt=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    deterministic: bool = False  # deterministic kernels (may be slower on CUDA)
+    precision: Literal["32", "bf16", "16"] = "32"  # 16 needs CUDA; bf16 autocasts on CPU and CUDA
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # NHWC memory format for conv nets (faster with bf16 on GPUs)
+    accumulate_grad_batches: int = Field(1, gt=0)  # optimizer step every N batches
+    grad_clip_norm: float | None = Field(None, gt=0)  # clip total gradient norm to this
+    grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-this
+    on_nonfinite: Literal["halt", "skip"] = "halt"  # NaN/inf loss: stop, or drop the step (one sync/step)
+    max_nonfinite_skips: int = Field(10, gt=0)  # with skip: halt after this many in a row
+    monitor: str = "val/acc"  # the metric that picks best.pt
+    mode: Literal["min", "max"] = "max"
+    early_stopping: EarlyStoppingConfig | None = None
+    ema: EMAConfig | None = None  # validate and checkpoint an exponential moving average of the weights
+    fast_dev_run: bool = False  # one batch of train, val and test; no files written
+    overfit_batches: int = Field(0, ge=0)  # train and validate on the same first N training batches
+    limit_train_batches: int | None = Field(None, gt=0)  # batches per training epoch
+    limit_val_batches: int | None = Field(None, gt=0)  # batches per validation pass
+    log_every_n_steps: int = Field(50, gt=0)  # progress-bar refresh: the only host sync in a step
+    progress: bool = True  # tqdm bar on a terminal; one line per epoch otherwise
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "step", "multistep", "exponential", "cosine", "onecycle"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warmup (epochs; fractions allowed for per-step schedules)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)  # warmup starts at this fraction of optim.lr
+    step_size: int = Field(10, gt=0)  # step: epochs between decays
+    milestones: list[int] = Field(default_factory=lambda: [30, 60])  # multistep: epochs where lr *= gamma
+    gamma: float = Field(0.1, gt=0)  # step / multistep / exponential: decay factor
+    min_lr: float = Field(0.0, ge=0)  # cosine: final learning rate
+    max_lr: float | None = Field(None, gt=0)  # onecycle: peak learning rate (None: optim.lr)
+    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of steps spent rising
+
+
+class LoggingConfig(Section):
+    root: str = "runs"  # run folders go to <root>/<name>/<timestamp>/
+    name: str | None = None  # None: the recipe file's stem
+    tensorboard: bool = True
+
+
+def _default_metrics() -> dict[str, MetricConfig]:
+    return {"acc": MetricConfig(type="accuracy")}
+
+
+class Recipe(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    metrics: dict[str, MetricConfig] = Field(default_factory=_default_metrics)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples), ready for YAML or JSON."""
+        return self.model_dump(mode="json")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 insists on a dot: `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error becomes one line with the source and line number."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise HarnessError(f"{where}: YAML syntax error: {problem}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe file, apply `a.b=c` overrides, validate. Raises HarnessError on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"recipe not found: {path}")
+    raw = parse_yaml(path.read_text(), str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_recipe(raw, source=str(path))
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate plain data against the schema; the first problem becomes one HarnessError line."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise HarnessError(_describe(e, raw, source)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`optim.lr=3e-3` -> (["optim", "lr"], 0.003). The value is read as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise HarnessError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-3")
+    return key.split("."), parse_yaml(value, f"override {item!r}")
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    keys, value = parse_override(item)
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            dotted = ".".join(keys[: depth + 1])
+            raise HarnessError(f"override {item!r}: {dotted} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(error: ValidationError, raw: dict[str, Any], source: str) -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc)
+    more = error.error_count() - 1
+    tail = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"; did you mean {'.'.join(loc[:-1] + close)!r}?" if close else ""
+        return f"{source}: unknown key {key!r}{hint} Allowed here: {', '.join(allowed)}{tail}"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: {key}: {first['msg']}{shown}{tail}"
+
+
+def _allowed_keys(section: list[str]) -> list[str]:
+    """The keys allowed at a place in the schema: [] -> sections, ["optim"] -> optim's keys."""
+    schema: type[BaseModel] = Recipe
+    for part in section:
+        if schema is Recipe and part == "metrics":  # metrics.<name>.<key>
+            return list(MetricConfig.model_fields)
+        annotation = schema.model_fields[part].annotation
+        # `EMAConfig | None` -> EMAConfig
+        schema = next(t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, BaseModel))
+    return list(schema.model_fields)
+
+
+def dump_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,57 @@
+"""Pick the device and move batches to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto` -> CUDA when present, else MPS when present, else CPU; `cuda` without CUDA is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HarnessError(f"device {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"device {name!r} requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HarnessError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise HarnessError(f"device {name!r} requested but MPS is not available on this machine; use 'cpu' or 'auto'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise HarnessError(f"device {name!r} is not supported; allowed: auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) tuple / list / dict batch; non_blocking overlaps copies from pinned memory."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in a batch: the length of its first tensor (host-side metadata, no device sync)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, dict) else batch
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}: it holds no tensor")

@@ -1,0 +1,50 @@
+"""Where scalars go: a tiny interface, `log(scalars, step)` and `close()`, and its two writers.
+
+TensorBoard is imported only when a TensorBoardLogger is made (it costs a second of start-up).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+
+class Logger(Protocol):
+    def log(self, scalars: dict[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """Appends one JSON object per `log` call to a file, flushed at once so a crash loses nothing."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a")
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self._file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard event files: view them with `tensorboard --logdir runs`."""
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: heavy import
+
+        # purge_step: on resume, TensorBoard drops any events at or after it that a killed run left
+        # behind, so the continued curve has no duplicate steps.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,146 @@
+"""One training run of a recipe, as a self-describing folder.
+
+runs/<name>/<timestamp>/
+    config.yaml         the resolved recipe (file + overrides + defaults)
+    history.jsonl       one JSON object per logged step: each epoch's scalars, then the test scalars
+    summary.json        best epoch, final validation and test metrics, wall time, device, versions
+    events.out.tfevents.*   TensorBoard scalars (train/, val/, test/, lr, epoch_seconds, samples_per_s)
+    checkpoints/last.pt, checkpoints/best.pt
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.build import Data, build_data, build_model, build_trainer
+from harness.callbacks import ModelCheckpoint
+from harness.checkpoint import atomic_save, load_checkpoint, read_checkpoint
+from harness.config import Recipe, dump_yaml
+from harness.device import resolve_device
+from harness.errors import HarnessError
+from harness.seed import seed_everything
+from harness.trainer import Trainer
+
+
+class Run:
+    """Build everything from a recipe, fit, test the best checkpoint, write summary.json."""
+
+    def __init__(self, recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None,
+                 trainer_class: type[Trainer] = Trainer) -> None:
+        self.recipe = recipe
+        self.recipe_path = Path(recipe_path) if recipe_path is not None else None
+        self.resume = Path(resume) if resume is not None else None
+        self.trainer_class = trainer_class
+        self.run_dir: Path | None = None
+        self.trainer: Trainer | None = None
+        self.data: Data | None = None
+
+    def execute(self) -> dict[str, Any]:
+        recipe, t = self.recipe, self.recipe.trainer
+        device = resolve_device(t.device)  # a bad device fails before any data is read
+        if self.resume is not None:
+            self._check_resumable(read_checkpoint(self.resume))
+        seed_everything(t.seed, t.deterministic)
+        self.data = data = build_data(recipe.data, device, t.seed, overfit_batches=t.overfit_batches,
+                                      channels_last=t.channels_last)
+        self.run_dir = None if t.fast_dev_run else self._make_run_dir()
+        model = build_model(recipe.model)
+        hint = self._resume_hint()
+        self.trainer = trainer = build_trainer(recipe, model, data, self.run_dir, resume_hint=hint,
+                                               trainer_class=self.trainer_class)
+        print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}", end="")
+        print(f"# device {trainer.device}, run folder {self.run_dir or '(none: fast_dev_run)'}", flush=True)
+        if self.run_dir is not None and self.resume is None:
+            (self.run_dir / "config.yaml").write_text(dump_yaml(recipe))
+
+        started = time.perf_counter()
+        try:
+            trainer.fit(data.train, data.val, epochs=1 if t.fast_dev_run else t.epochs, resume_from=self.resume)
+            fit_seconds = time.perf_counter() - started
+            tested = self._load_best()
+            test = trainer.evaluate(data.test)
+        finally:
+            trainer.close()
+        summary = self._summary(test, tested, fit_seconds, time.perf_counter() - started)
+        print(f"test: {_format(test)}  ({tested})", flush=True)
+        if self.run_dir is not None:
+            atomic_save(json.dumps(summary, indent=2).encode(), self.run_dir / "summary.json", raw=True)
+            print(f"run folder: {self.run_dir}", flush=True)
+        return summary
+
+    def _make_run_dir(self) -> Path:
+        if self.resume is not None:
+            # runs/<name>/<time>/checkpoints/last.pt -> continue in runs/<name>/<time>/
+            return self.resume.resolve().parent.parent
+        log = self.recipe.logging
+        name = log.name or (self.recipe_path.stem if self.recipe_path else "run")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(log.root) / name / stamp
+        suffix = 1
+        while run_dir.exists():  # two runs started in the same second get their own folders
+            suffix += 1
+            run_dir = Path(log.root) / name / f"{stamp}-{suffix}"
+        run_dir.mkdir(parents=True)
+        return run_dir
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        saved = state.get("extra", {}).get("recipe", {}).get("model")
+        current = self.recipe.to_dict()["model"]
+        if saved is not None and saved != current:
+            raise HarnessError(f"{self.resume}: the recipe's model {current} differs from the checkpoint's {saved}")
+
+    def _resume_hint(self) -> str | None:
+        if self.run_dir is None:
+            return None
+        recipe = self.recipe_path or "RECIPE"
+        return f"python -m harness.train {recipe} --resume {self.run_dir / 'checkpoints' / 'last.pt'}"
+
+    def _load_best(self) -> str:
+        """Test the best checkpoint's weights (EMA included) when there is one; say which were tested."""
+        assert self.trainer is not None
+        saver = next((cb for cb in self.trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        if saver is None or not saver.best_path.is_file():
+            return f"final weights, epoch {self.trainer.epoch}"
+        state = load_checkpoint(self.trainer, saver.best_path)
+        return f"best.pt, epoch {state['epoch']}"
+
+    def _summary(self, test: dict[str, Any], tested: str, fit_seconds: float, wall_seconds: float) -> dict[str, Any]:
+        assert self.trainer is not None
+        trainer, t = self.trainer, self.recipe.trainer
+        history = trainer.history
+        scored = [h for h in history if t.monitor in h]
+        best = (max if t.mode == "max" else min)(scored, key=lambda h: h[t.monitor]) if scored else None
+        import torchvision
+
+        from harness import __version__
+
+        return {
+            "recipe": str(self.recipe_path) if self.recipe_path else None,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "monitor": t.monitor,
+            "best_epoch": best["epoch"] if best else None,
+            "best_value": best[t.monitor] if best else None,
+            "epochs_run": trainer.epoch,
+            "final": history[-1] if history else None,
+            "test": test,
+            "tested_weights": tested,
+            "fit_seconds": round(fit_seconds, 3),
+            "wall_seconds": round(wall_seconds, 3),
+            "device": str(trainer.device),
+            "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else platform.processor() or platform.machine(),
+            "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                         "torchvision": torchvision.__version__},
+        }
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))

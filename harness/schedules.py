@@ -1,0 +1,54 @@
+"""Learning-rate schedules from a recipe, built from torch.optim.lr_scheduler's own classes.
+
+step, multistep and exponential count epochs and are stepped once per epoch; cosine and onecycle
+follow the optimizer steps and are stepped after every one. A linear warmup (`warmup_epochs`)
+runs first, on the same clock as the schedule after it (SequentialLR).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer, lr_scheduler
+
+from harness.config import SchedulerConfig
+from harness.errors import HarnessError
+
+PER_EPOCH = {"step", "multistep", "exponential"}
+
+
+def build_scheduler(
+    cfg: SchedulerConfig, optimizer: Optimizer, epochs: int, steps_per_epoch: int
+) -> tuple[lr_scheduler.LRScheduler | None, str]:
+    """Returns (scheduler or None, interval) where interval is "epoch" or "step".
+
+    `steps_per_epoch` counts optimizer steps (batches / accumulate_grad_batches, rounded up).
+    """
+    if cfg.name == "none":
+        if cfg.warmup_epochs:
+            raise HarnessError("scheduler.warmup_epochs needs a scheduler.name (e.g. cosine)")
+        return None, "epoch"
+    interval = "epoch" if cfg.name in PER_EPOCH else "step"
+    ticks_per_epoch = 1 if interval == "epoch" else steps_per_epoch
+    total = epochs * ticks_per_epoch
+    warmup = math.ceil(cfg.warmup_epochs * ticks_per_epoch)
+    if warmup and cfg.name == "onecycle":
+        raise HarnessError("scheduler.warmup_epochs: onecycle has its own warmup (pct_start); set warmup_epochs: 0")
+    if warmup >= total:
+        raise HarnessError(f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no epochs for {cfg.name} (epochs={epochs})")
+
+    if cfg.name == "step":
+        main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    elif cfg.name == "multistep":
+        main = lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    elif cfg.name == "exponential":
+        main = lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    elif cfg.name == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=cfg.min_lr)
+    else:  # onecycle
+        max_lr = cfg.max_lr if cfg.max_lr is not None else optimizer.param_groups[0]["lr"]
+        main = lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=cfg.pct_start)
+    if not warmup:
+        return main, interval
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), interval

@@ -1,0 +1,439 @@
+"""The Trainer: a plain training loop around a model, an optimizer and a loss.
+
+`fit` runs epochs of `train_epoch` then `validate`; `evaluate` runs the same validation pass on a test
+split. Change a step by subclassing (`training_step`, `validation_step`, the `on_*` hooks) or hang a
+feature on the loop with a `Callback`. The Trainer knows nothing of YAML or the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from harness.callbacks import Callback, callback_key
+from harness.device import batch_size_of, move_to_device, resolve_device
+from harness.metrics import MeanMetric, Metric
+from harness.progress import EpochProgress
+
+Precision = Literal["32", "bf16", "16"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (policy `halt`, or too many `skip`s in a row)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped `fit` after the current step; callbacks had `on_interrupt` first."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class Trainer:
+    """Train and evaluate an `nn.Module`.
+
+    Args:
+        model: the network; moved to `device`.
+        optimizer: any `torch.optim.Optimizer` over the model's parameters.
+        loss_fn: any callable `(outputs, target) -> scalar loss`, e.g. `nn.CrossEntropyLoss()`.
+        metrics: name -> metric object with `update(preds, target)`, `compute()`, `reset()`, `to(device)`
+            (`harness.metrics` or torchmetrics). Computed on every validation / test pass.
+        device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:1", ...
+        log_dir: folder for TensorBoard events and `history.jsonl`; None logs nothing to disk.
+        scheduler: an LR scheduler, stepped every optimizer step (`scheduler_interval="step"`) or epoch.
+        precision: "32", "bf16" (autocast; CPU or CUDA) or "16" (autocast + GradScaler; CUDA only).
+        accumulate_grad_batches: optimizer step every N batches, gradients averaged over them.
+        grad_clip_norm / grad_clip_value: clip gradients by total norm / by value before each step.
+        on_nonfinite: "halt" (stop with NonFiniteLossError, checked at each progress refresh and epoch
+            end, no per-step sync) or "skip" (drop that step's update; one host sync per step).
+        max_nonfinite_skips: with "skip", halt after this many non-finite steps in a row.
+        callbacks: `Callback` objects, called in order after the Trainer's own `on_*` hooks.
+        loggers: objects with `log(scalars, step)` / `close()`; default: TensorBoard + JSONL in `log_dir`.
+        progress: show a tqdm bar on a terminal (one line per epoch otherwise); False is silent.
+        log_every_n_steps: progress-bar refresh interval; the only host sync in the training loop.
+        limit_train_batches / limit_val_batches: use only the first N batches of each epoch / pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Any,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        device: str | torch.device = "auto",
+        log_dir: str | Path | None = None,
+        scheduler: Any = None,
+        scheduler_interval: Literal["step", "epoch"] = "epoch",
+        precision: Precision = "32",
+        accumulate_grad_batches: int = 1,
+        grad_clip_norm: float | None = None,
+        grad_clip_value: float | None = None,
+        on_nonfinite: Literal["halt", "skip"] = "halt",
+        max_nonfinite_skips: int = 10,
+        callbacks: Sequence[Callback] = (),
+        loggers: Sequence[Any] | None = None,
+        progress: bool = True,
+        log_every_n_steps: int = 50,
+        limit_train_batches: int | None = None,
+        limit_val_batches: int | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        if precision not in ("32", "bf16", "16"):
+            raise ValueError(f"precision {precision!r}: allowed are '32', 'bf16', '16'")
+        if precision == "16" and self.device.type != "cuda":
+            raise ValueError(f"precision '16' needs CUDA (device is {self.device.type}); use 'bf16' or '32'")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.metrics = {name: m.to(self.device) for name, m in (metrics or {}).items()}
+        self.loss_metric = MeanMetric().to(self.device)
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.precision = precision
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.grad_clip_norm = grad_clip_norm
+        self.grad_clip_value = grad_clip_value
+        self.on_nonfinite = on_nonfinite
+        self.max_nonfinite_skips = max_nonfinite_skips
+        self.callbacks = list(callbacks)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.loggers = list(loggers) if loggers is not None else None
+        self.progress = progress
+        self.log_every_n_steps = log_every_n_steps
+        self.limit_train_batches = limit_train_batches
+        self.limit_val_batches = limit_val_batches
+
+        self.epoch = 0  # epochs completed
+        self.global_step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only mid-epoch)
+        self.history: list[dict[str, float]] = []
+        self.should_stop = False  # a hook or callback sets it to end `fit` after this epoch
+        self.nonfinite_skipped = 0
+        self.last_epoch_samples = 0  # samples seen by the last train_epoch (for samples/s)
+        self.train_data: Iterable[Any] | None = None  # set by fit; its order state goes into checkpoints
+        self._signal: int | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        train_data: Iterable[Any],
+        val_data: Iterable[Any] | None = None,
+        epochs: int = 1,
+        resume_from: str | Path | None = None,
+    ) -> list[dict[str, float]]:
+        """Train until `epochs` epochs are done (counting those before a resume); returns the history.
+
+        Each history entry holds `epoch`, `train/loss`, `val/<metric>`, `lr`, `epoch_seconds`, `samples_per_s`.
+        """
+        if resume_from is not None:
+            from harness.checkpoint import load_checkpoint
+
+            load_checkpoint(self, resume_from)
+        self.train_data = train_data
+        self._call("on_fit_start")
+        with self._catch_signals():
+            while self.epoch < epochs and not self.should_stop:
+                self._call("on_epoch_start", self.epoch + 1)
+                started = time.perf_counter()
+                logs = self.train_epoch(train_data)
+                if self._signal is not None:
+                    self._call("on_interrupt")
+                    raise TrainingInterrupted(self._signal)
+                train_seconds = time.perf_counter() - started
+                samples = self.last_epoch_samples
+                if val_data is not None:
+                    logs.update(self.validate(val_data))
+                logs["lr"] = self.optimizer.param_groups[0]["lr"]
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                self.epoch += 1
+                logs = {"epoch": self.epoch, **logs, "epoch_seconds": time.perf_counter() - started}
+                logs["samples_per_s"] = samples / train_seconds
+                self.history.append(logs)
+                self.log(logs, step=self.epoch)
+                self._call("on_epoch_end", self.epoch, logs)
+        self._call("on_fit_end")
+        return self.history
+
+    def train_epoch(self, train_data: Iterable[Any]) -> dict[str, float]:
+        """One pass over the training data; returns {"train/loss": mean over samples}."""
+        self.model.train()
+        if hasattr(train_data, "set_epoch"):
+            train_data.set_epoch(self.epoch)  # the epoch's order depends on (seed, epoch) only: exact resume
+        total = _num_batches(train_data, self.limit_train_batches)
+        start = self.batch_in_epoch  # > 0 after resuming from a checkpoint written mid-epoch
+        batches = islice(train_data, start, total)
+        # One slot per batch: the loss stays on the device (no sync); NaN is located at the next check.
+        step_losses = torch.zeros(total - start if total is not None else 0, device=self.device)
+        sizes: list[int] = []
+        accumulate = self.accumulate_grad_batches
+        bar = EpochProgress(batches, None if total is None else total - start, f"epoch {self.epoch + 1}", self.progress)
+        checked = 0
+        for i, batch in enumerate(bar, start=start):
+            batch = move_to_device(batch, self.device)
+            with self._autocast():
+                loss = self.training_step(batch)
+            # Gradients of a group of N batches must equal one batch N times larger: divide by the
+            # group's size (the last group of an epoch may be shorter).
+            group = accumulate if total is None else min(accumulate, total - (i // accumulate) * accumulate)
+            scaled = loss / group if group > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            if (i + 1) % accumulate == 0 or i + 1 == total:
+                self._optimizer_step(loss)
+            slot = i - start
+            if slot >= step_losses.numel():  # unknown length (plain iterable): grow as needed
+                step_losses = torch.cat([step_losses, torch.zeros(max(64, slot), device=self.device)])
+            step_losses[slot] = loss.detach()
+            sizes.append(batch_size_of(batch))
+            self.batch_in_epoch = i + 1
+            self._call_batch_end(i, loss)
+            if (slot + 1) % self.log_every_n_steps == 0:
+                # note: .item() is a CPU-GPU sync point; it happens only at this refresh interval.
+                bar.refresh(loss=loss.item())
+                self._check_finite(step_losses, checked, slot + 1, start)
+                checked = slot + 1
+            if self._signal is not None:
+                break
+        self._check_finite(step_losses, checked, len(sizes), start)
+        weights = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
+        samples = sum(sizes)
+        train_loss = float((step_losses[: len(sizes)] * weights).sum() / max(samples, 1))
+        if self._signal is None:
+            self.batch_in_epoch = 0
+        self.last_epoch_samples = samples
+        bar.close(f"epoch {self.epoch + 1}: train/loss {train_loss:.4f}")
+        return {"train/loss": train_loss}
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        if self.on_nonfinite == "skip" and not torch.isfinite(loss):  # host sync, only in "skip" mode
+            self.nonfinite_skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.nonfinite_skipped >= self.max_nonfinite_skips:
+                raise NonFiniteLossError(
+                    f"non-finite loss in {self.nonfinite_skipped} steps in a row "
+                    f"(epoch {self.epoch + 1}, step {self.global_step + 1}); stopping"
+                )
+            return
+        self.nonfinite_skipped = 0
+        if self.grad_clip_norm is not None or self.grad_clip_value is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            if self.grad_clip_value is not None:
+                nn.utils.clip_grad_value_(params, self.grad_clip_value)
+            if self.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.global_step += 1
+
+    def _check_finite(self, step_losses: Tensor, begin: int, end: int, first_batch: int) -> None:
+        if self.on_nonfinite != "halt" or end <= begin:
+            return
+        window = step_losses[begin:end]
+        bad = (~torch.isfinite(window)).nonzero()
+        if bad.numel():
+            batch = first_batch + begin + int(bad[0]) + 1
+            raise NonFiniteLossError(
+                f"non-finite training loss at epoch {self.epoch + 1}, batch {batch} of the epoch; "
+                "stopped without saving (the last checkpoint is the last good state)"
+            )
+
+    @torch.no_grad()
+    def validate(self, data: Iterable[Any], prefix: str = "val") -> dict[str, Any]:
+        """A `torch.no_grad()` pass in eval mode; returns {"<prefix>/loss": ..., "<prefix>/<metric>": ...}.
+
+        Scalars come back as floats, per-class results and confusion matrices as (nested) lists.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        self._call("on_validation_start")
+        self.loss_metric.reset()
+        for metric in self.metrics.values():
+            metric.reset()
+        for batch in islice(data, _num_batches(data, self.limit_val_batches)):
+            batch = move_to_device(batch, self.device)
+            with self._autocast():
+                loss, preds, target = self.validation_step(batch)
+            self.loss_metric.update(loss.detach(), weight=target.shape[0])
+            for metric in self.metrics.values():
+                metric.update(preds, target)
+        results = {"loss": self._compute(self.loss_metric)}
+        results.update({name: self._compute(metric) for name, metric in self.metrics.items()})
+        out = {f"{prefix}/{name}": _to_python(value) for name, value in results.items()}
+        self._call("on_validation_end", out)
+        self.model.train(was_training)
+        return out
+
+    def evaluate(self, data: Iterable[Any], prefix: str = "test") -> dict[str, Any]:
+        """Validate on held-out data (a test split); logs the scalars under `prefix/` and returns them
+        without the prefix: {"loss": ..., "acc": ...}."""
+        results = self.validate(data, prefix=prefix)
+        self.log(results, step=self.epoch)
+        return {name.removeprefix(f"{prefix}/"): value for name, value in results.items()}
+
+    # ------------------------------------------------------------------ steps: override to change them
+    def training_step(self, batch: Any) -> Tensor:
+        """Runs in train mode under autocast for every training batch (already on the device).
+        Returns the mean loss of the batch as a scalar tensor; the Trainer does backward and the step."""
+        inputs, target = batch
+        return self.loss_fn(self.model(inputs), target)
+
+    def validation_step(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Runs in eval mode under `torch.no_grad()` for every validation / test batch.
+        Returns (mean loss, predictions for the metrics, targets)."""
+        inputs, target = batch
+        outputs = self.model(inputs)
+        return self.loss_fn(outputs, target), outputs, target
+
+    # ------------------------------------------------------------------ hooks: override in a subclass
+    def on_fit_start(self) -> None:
+        """Once before the first epoch, after a resume has been loaded."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before training epoch `epoch` (1-based)."""
+
+    def on_train_batch_end(self, batch_idx: int, loss: Tensor) -> None:
+        """After every training batch; `loss` is on the device (reading it is a host sync)."""
+
+    def on_validation_start(self) -> None:
+        """Before every validation or test pass."""
+
+    def on_validation_end(self, metrics: dict[str, Any]) -> None:
+        """After every validation or test pass, with its results."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """After epoch `epoch`'s validation, with its logs; set `self.should_stop = True` to end `fit`."""
+
+    def on_interrupt(self) -> None:
+        """SIGINT / SIGTERM arrived; the current step has finished and `fit` is about to stop."""
+
+    def on_fit_end(self) -> None:
+        """Once after the last epoch."""
+
+    # ------------------------------------------------------------------ logging
+    def log(self, scalars: Mapping[str, Any], step: int) -> None:
+        """Send the scalar entries (floats and ints) to every logger; lists are skipped."""
+        if self.loggers is None:
+            self.loggers = self._default_loggers()
+        plain = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for logger in self.loggers:
+            logger.log(plain, step)
+
+    def close(self) -> None:
+        """Close the loggers (flushes TensorBoard)."""
+        for logger in self.loggers or ():
+            logger.close()
+        self.loggers = None
+
+    def _default_loggers(self) -> list[Any]:
+        if self.log_dir is None:
+            return []
+        from harness.loggers import JsonlLogger, TensorBoardLogger
+
+        # purge_step: after a resume, drop events a killed run wrote past the checkpoint.
+        return [TensorBoardLogger(self.log_dir, purge_step=self.epoch + 1 if self.epoch else None),
+                JsonlLogger(self.log_dir / "history.jsonl")]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs; see `harness.checkpoint` for what is added on save."""
+        return {
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "history": list(self.history),
+            "callbacks": {callback_key(cb, i): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "data": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,
+        }
+
+    # ------------------------------------------------------------------ internals
+    def _call(self, event: str, *args: Any) -> None:
+        getattr(self, event)(*args)
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def _call_batch_end(self, batch_idx: int, loss: Tensor) -> None:
+        self.on_train_batch_end(batch_idx, loss)
+        for callback in self.callbacks:
+            callback.on_train_batch_end(self, batch_idx, loss)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _compute(self, metric: Any) -> Any:
+        if isinstance(metric, Metric):
+            metric.sync()  # sums count tensors across ranks under torch.distributed; no-op otherwise
+        return metric.compute()
+
+    @contextlib.contextmanager
+    def _catch_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM: finish the current step, then stop cleanly; a second signal stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                raise KeyboardInterrupt  # second signal: no more waiting
+            self._signal = signum
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _num_batches(data: Iterable[Any], limit: int | None) -> int | None:
+    try:
+        total = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return limit
+    return total if limit is None else min(total, limit)
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value

@@ -1,0 +1,15 @@
+"""Model definitions. This package imports nothing from `harness`: a model is a plain `nn.Module`.
+
+`MODELS` maps the short names a recipe may use (`model.name: cnn`) to classes; any other model
+is named by import path, `package.module:Class`.
+"""
+
+from models.cnn import MnistCNN
+from models.mlp import MLP
+
+MODELS = {
+    "mlp": MLP,
+    "cnn": MnistCNN,
+}
+
+__all__ = ["MLP", "MODELS", "MnistCNN"]

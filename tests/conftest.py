@@ -1,0 +1,106 @@
+"""Shared fixtures.
+
+`fake_data` writes tiny datasets in the exact on-disk formats torchvision reads (IDX for MNIST
+and Fashion-MNIST, Python pickles for CIFAR-10), so tests run the real loaders with no real data
+and no network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+Arrays = dict[bool, tuple[np.ndarray, np.ndarray]]  # train? -> (uint8 (N, C, H, W), int64 (N,))
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> None:
+    """Write a uint8 array as an IDX file (to `path.gz`, gzipped, if `gz`).
+
+    Header: two zero bytes, type 0x08 (unsigned byte), the number of dimensions, then each
+    dimension as a big-endian uint32; then the raw bytes, row-major.
+    """
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def write_fake_mnist(
+    root: Path, folder: str = "MNIST", *, n_train: int = 40, n_test: int = 20, raw: bool = True,
+    gz: bool = False, seed: int = 0,
+) -> Arrays:
+    """Write `root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` like torchvision's MNIST."""
+    rng = np.random.default_rng(seed)
+    raw_dir = root / folder / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    arrays: Arrays = {}
+    for train, prefix, n in ((True, "train", n_train), (False, "t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)  # every class present
+        for packed in [False] * raw + [True] * gz:
+            write_idx(raw_dir / f"{prefix}-images-idx3-ubyte", images, gz=packed)
+            write_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", labels, gz=packed)
+        arrays[train] = (images[:, None], labels.astype(np.int64))
+    return arrays
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_fake_cifar10(root: Path, *, n_per_batch: int = 6, n_test: int = 10, seed: int = 0) -> Arrays:
+    """Write `root/cifar-10-batches-py/` like the official archive.
+
+    Each batch is a pickled dict whose "data" is uint8 (n, 3072): per image 1024 red, then 1024
+    green, then 1024 blue bytes, row-major, i.e. (C, H, W) flattened; "labels" is a list of ints.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, n)
+        entry = {
+            "batch_label": name,
+            "labels": [int(v) for v in labels],
+            "data": images.reshape(n, 3072),
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+        return images, labels.astype(np.int64)
+
+    parts = [batch(f"data_batch_{i}", n_per_batch) for i in range(1, 6)]
+    meta = {"label_names": CIFAR10_CLASSES, "num_cases_per_batch": n_per_batch, "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return {
+        True: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+        False: batch("test_batch", n_test),
+    }
+
+
+@dataclass
+class FakeData:
+    root: Path  # pass as the data root: load_dataset(name, fake_data.root, train)
+    arrays: dict[str, Arrays]  # dataset name -> train? -> (images NCHW uint8, targets int64)
+
+
+@pytest.fixture
+def fake_data(tmp_path: Path) -> FakeData:
+    """mnist (uncompressed IDX), fashion_mnist (.gz only) and cifar10 (pickles) under one root."""
+    root = tmp_path / "data"
+    return FakeData(
+        root=root,
+        arrays={
+            "mnist": write_fake_mnist(root, "MNIST", seed=0),
+            "fashion_mnist": write_fake_mnist(root, "FashionMNIST", raw=False, gz=True, seed=1),
+            "cifar10": write_fake_cifar10(root, seed=2),
+        },
+    )
