@@ -1,0 +1,204 @@
+"""TensorLoader: batches from a dataset that lives in one uint8 tensor on the device (airbench style).
+
+The images are moved to the device once; each epoch draws one permutation, and each batch is a
+gather plus one fused multiply-add that turns uint8 into normalised float32. No workers, no pinned
+host copies, no per-sample Python: on a GPU an MNIST epoch is a few hundred tiny kernel launches.
+
+Order of samples: `epoch_permutation(n, seed, epoch)` is a pure function, so the batches of
+epoch e are the same whether the run went straight through or resumed from a checkpoint, and the
+DataLoader path (`harness.data.loader.EpochSampler`) yields exactly the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from harness.errors import HarnessError
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """A permutation of `range(n)` (int64, CPU) that depends only on `(seed, epoch)`.
+
+    Drawn with a CPU `torch.Generator`, so it is the same on every device and machine.
+    """
+    # Hash (seed, epoch) rather than use seed + epoch, which would make run seed=1 replay
+    # the epoch-1 order of run seed=0 one epoch early.
+    digest = hashlib.blake2b(f"{seed}/{epoch}".encode(), digest_size=8).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+    return torch.randperm(n, generator=generator)
+
+
+def shard_size(n: int, *, shuffle: bool, rank: int = 0, world_size: int = 1) -> int:
+    """How many samples `shard_indices` gives `rank`, without drawing the permutation."""
+    if shuffle:
+        return math.ceil(n / world_size)
+    return len(range(rank, n, world_size))
+
+
+def shard_indices(
+    n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """The sample indices (int64, CPU) rank `rank` visits in `epoch`, in order.
+
+    shuffle=True (training): the epoch's permutation, padded by wrapping around to a multiple
+    of `world_size`, then every `world_size`-th element from `rank`. Every rank gets
+    ceil(n / world_size) samples, so DDP ranks run the same number of steps; up to
+    world_size - 1 samples are seen twice per epoch. Same as `DistributedSampler`.
+
+    shuffle=False (validation, test): `range(n)[rank::world_size]`, no padding. Shards differ
+    in size by at most one and no sample is counted twice, so metrics summed over ranks are
+    exact. Ranks may then run one step more or fewer: reduce metrics after the loop, not per step.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise HarnessError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if not shuffle:
+        return torch.arange(rank, n, world_size)
+    order = epoch_permutation(n, seed, epoch)
+    padding = shard_size(n, shuffle=True, world_size=world_size) * world_size - n
+    if padding and n:
+        order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
+    return order[rank::world_size]
+
+
+class Uint8Normalize:
+    """`(x / 255 - mean) / std` per channel for uint8 (N, C, H, W) batches, as one fused op.
+
+    Equal to torchvision's `Normalize(mean, std)` after `ToTensor()` up to float rounding (~1e-6).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        # (x/255 - mean)/std == x * scale + shift; computed in float64, then rounded once
+        self.scale = (1.0 / (255.0 * std64)).float().to(device)
+        self.shift = (-mean64 / std64).float().to(device)
+        self.channels_last = channels_last
+
+    @property
+    def channels(self) -> int:
+        return self.scale.shape[1]
+
+    def to(self, device: torch.device | str) -> Uint8Normalize:
+        self.scale, self.shift = self.scale.to(device), self.shift.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return torch.addcmul(self.shift, x, self.scale)  # uint8 promotes to float32 inside the kernel
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=torch.channels_last)
+        return torch.addcmul(self.shift, x, self.scale, out=out)
+
+
+class TensorLoader:
+    """Iterate `(x, y)` batches of a uint8 image tensor, normalised on the device.
+
+    `x` is float32 (B, C, H, W), `(pixel/255 - mean)/std`; `y` is the int64 targets. Call
+    `set_epoch(e)` before each epoch (the Trainer does): the order is `shard_indices(...)`
+    for `(seed, e)` and never depends on how often the loader was iterated. See
+    `shard_indices` for how `rank`/`world_size` split the data, with and without `shuffle`.
+
+        loader = TensorLoader(data.images, data.targets, 512, mean=data.mean, std=data.std,
+                              device="cuda")
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            for x, y in loader: ...
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if targets.shape != images.shape[:1]:
+            raise ValueError(f"targets must be ({len(images)},), got {tuple(targets.shape)}")
+        if len(mean) != images.shape[1]:
+            raise ValueError(f"images have {images.shape[1]} channels but mean/std have {len(mean)}")
+        if batch_size < 1:
+            raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise HarnessError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.normalize = Uint8Normalize(mean, std, channels_last=channels_last)
+        self.images, self.targets = images, targets
+        self.to(device)
+
+    @property
+    def dataset_size(self) -> int:
+        """Samples in the whole dataset, all ranks together."""
+        return len(self.targets)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank visits per epoch (with training padding, see `shard_indices`)."""
+        return shard_size(self.dataset_size, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of epoch `epoch` for the next iteration."""
+        self.epoch = epoch
+
+    def to(self, device: torch.device | str) -> TensorLoader:
+        """Move the dataset to `device` (once; batches are then made there)."""
+        self.device = torch.device(device)
+        self.images = self.images.to(self.device)
+        self.targets = self.targets.to(self.device)
+        self.normalize.to(self.device)
+        return self
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        index = shard_indices(
+            self.dataset_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+        ).to(self.device)
+        targets = self.targets[index]  # the epoch's labels in one gather; batches slice views of it
+        images, normalize, batch_size = self.images, self.normalize, self.batch_size
+        stop = len(self) * batch_size if self.drop_last else len(index)
+        for start in range(0, stop, batch_size):
+            batch = index[start : start + batch_size]
+            yield normalize(images.index_select(0, batch)), targets[start : start + batch_size]
