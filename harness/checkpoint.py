@@ -120,6 +120,7 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> dict[str, Any]:
     trainer.epoch = state["epoch"]
     trainer.global_step = state["global_step"]
     trainer.batch_in_epoch = state.get("batch_in_epoch", 0)
+    trainer.partial_epoch = dict(state.get("partial_epoch") or {"loss_sum": 0.0, "samples": 0})
     trainer.history = list(state["history"])
     saved_callbacks = state.get("callbacks", {})
     for i, callback in enumerate(trainer.callbacks):

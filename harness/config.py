@@ -149,7 +149,7 @@ _Loader.add_implicit_resolver(
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text; a syntax error becomes one line with the source and line number."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -224,7 +224,8 @@ def _allowed_keys(section: list[str]) -> list[str]:
             return list(MetricConfig.model_fields)
         annotation = schema.model_fields[part].annotation
         # `EMAConfig | None` -> EMAConfig
-        schema = next(t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, BaseModel))
+        candidates = (annotation, *get_args(annotation))
+        schema = next(t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel))
     return list(schema.model_fields)
 
 

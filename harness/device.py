@@ -25,7 +25,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise HarnessError(f"device {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise HarnessError(f"device {name!r} requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+            raise HarnessError(
+                f"device {name!r} requested but CUDA is not available on this machine; use 'cpu' or 'auto'"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise HarnessError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():

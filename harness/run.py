@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from harness.build import Data, build_data, build_model, build_trainer
-from harness.callbacks import ModelCheckpoint
-from harness.checkpoint import atomic_save, load_checkpoint, read_checkpoint
+from harness.build import Data, build_data, build_model, build_trainer, check_monitors
+from harness.callbacks import ModelCheckpoint, callback_key
+from harness.checkpoint import atomic_save, read_checkpoint
 from harness.config import Recipe, dump_yaml
 from harness.device import resolve_device
 from harness.errors import HarnessError
 from harness.seed import seed_everything
-from harness.trainer import Trainer
+from harness.trainer import Trainer, unwrap_model
 
 
 class Run:
@@ -48,11 +48,12 @@ class Run:
         device = resolve_device(t.device)  # a bad device fails before any data is read
         if self.resume is not None:
             self._check_resumable(read_checkpoint(self.resume))
+        check_monitors(recipe)
         seed_everything(t.seed, t.deterministic)
+        model = build_model(recipe.model)  # before the data: a bad model name fails in a second
         self.data = data = build_data(recipe.data, device, t.seed, overfit_batches=t.overfit_batches,
                                       channels_last=t.channels_last)
         self.run_dir = None if t.fast_dev_run else self._make_run_dir()
-        model = build_model(recipe.model)
         hint = self._resume_hint()
         self.trainer = trainer = build_trainer(recipe, model, data, self.run_dir, resume_hint=hint,
                                                trainer_class=self.trainer_class)
@@ -109,7 +110,13 @@ class Run:
         saver = next((cb for cb in self.trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if saver is None or not saver.best_path.is_file():
             return f"final weights, epoch {self.trainer.epoch}"
-        state = load_checkpoint(self.trainer, saver.best_path)
+        # Weights and callback states (the EMA average) only: epoch and history stay those of the run.
+        state = read_checkpoint(saver.best_path)
+        unwrap_model(self.trainer.model).load_state_dict(state["model"])
+        for i, callback in enumerate(self.trainer.callbacks):
+            saved = state["callbacks"].get(callback_key(callback, i))
+            if saved is not None:
+                callback.load_state_dict(saved)
         return f"best.pt, epoch {state['epoch']}"
 
     def _summary(self, test: dict[str, Any], tested: str, fit_seconds: float, wall_seconds: float) -> dict[str, Any]:
@@ -135,7 +142,8 @@ class Run:
             "fit_seconds": round(fit_seconds, 3),
             "wall_seconds": round(wall_seconds, 3),
             "device": str(trainer.device),
-            "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": (torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
+                            else platform.processor() or platform.machine()),
             "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
             "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                          "torchvision": torchvision.__version__},

@@ -35,7 +35,9 @@ def build_scheduler(
     if warmup and cfg.name == "onecycle":
         raise HarnessError("scheduler.warmup_epochs: onecycle has its own warmup (pct_start); set warmup_epochs: 0")
     if warmup >= total:
-        raise HarnessError(f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no epochs for {cfg.name} (epochs={epochs})")
+        raise HarnessError(
+            f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no steps for {cfg.name} (trainer.epochs={epochs})"
+        )
 
     if cfg.name == "step":
         main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)

@@ -121,6 +121,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only mid-epoch)
+        # Loss sum and sample count of those batches: after a mid-epoch resume the epoch's train/loss
+        # still averages the whole epoch, not just the batches after the resume.
+        self.partial_epoch = {"loss_sum": 0.0, "samples": 0}
         self.history: list[dict[str, float]] = []
         self.should_stop = False  # a hook or callback sets it to end `fit` after this epoch
         self.nonfinite_skipped = 0
@@ -212,9 +215,14 @@ class Trainer:
         self._check_finite(step_losses, checked, len(sizes), start)
         weights = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
         samples = sum(sizes)
-        train_loss = float((step_losses[: len(sizes)] * weights).sum() / max(samples, 1))
+        loss_sum = float((step_losses[: len(sizes)] * weights).sum()) + self.partial_epoch["loss_sum"]
+        seen = samples + self.partial_epoch["samples"]
+        train_loss = loss_sum / max(seen, 1)
         if self._signal is None:
             self.batch_in_epoch = 0
+            self.partial_epoch = {"loss_sum": 0.0, "samples": 0}
+        else:
+            self.partial_epoch = {"loss_sum": loss_sum, "samples": seen}
         self.last_epoch_samples = samples
         bar.close(f"epoch {self.epoch + 1}: train/loss {train_loss:.4f}")
         return {"train/loss": train_loss}
@@ -367,6 +375,7 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch,
+            "partial_epoch": dict(self.partial_epoch),
             "history": list(self.history),
             "callbacks": {callback_key(cb, i): cb.state_dict() for i, cb in enumerate(self.callbacks)},
             "data": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,

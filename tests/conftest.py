@@ -104,3 +104,19 @@ def fake_data(tmp_path: Path) -> FakeData:
             "cifar10": write_fake_cifar10(root, seed=2),
         },
     )
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """The real MNIST for end-to-end tests: $HARNESS_DATA_DIR, else ../shared/data beside the repo."""
+    import os
+
+    for candidate in (os.environ.get("HARNESS_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate)
+    return None
+
+
+requires_mnist = pytest.mark.skipif(real_data_dir() is None, reason="real MNIST not found (../shared/data)")
