@@ -124,13 +124,17 @@ class Data:
 
 
 def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batches: int = 0,
-               channels_last: bool = False, rank: int = 0, world_size: int = 1) -> Data:
-    """Load the dataset once into tensors, split a seeded validation hold-out, wrap in TensorLoaders."""
+               channels_last: bool = False, rank: int = 0, world_size: int = 1,
+               split: tuple[torch.Tensor, torch.Tensor] | None = None) -> Data:
+    """Load the dataset once into tensors, split a seeded validation hold-out, wrap in TensorLoaders.
+
+    `split`: explicit `(train_idx, val_idx)` into the training split instead of the `val_size`
+    hold-out (cross-validation folds)."""
     from harness.data import TensorLoader, load_dataset, train_val_split
 
     full = load_dataset(cfg.name, cfg.root, train=True, download=cfg.download)
     test = load_dataset(cfg.name, cfg.root, train=False, download=cfg.download)
-    if cfg.val_size >= len(full):
+    if split is None and cfg.val_size >= len(full):
         raise HarnessError(f"data.val_size={cfg.val_size} must be smaller than the {len(full)} training images")
 
     def loader(split: Any, batch_size: int, shuffle: bool) -> TensorLoader:
@@ -143,8 +147,8 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
         head = full.take(torch.arange(min(len(full), overfit_batches * cfg.batch_size)))
         same = loader(head, cfg.batch_size, shuffle=False)
         return Data(same, same, loader(test, cfg.eval_batch_size, False), full.classes, full.num_classes)
-    train_idx, val_idx = train_val_split(len(full), cfg.val_size, seed)
-    val = loader(full.take(val_idx), cfg.eval_batch_size, shuffle=False) if cfg.val_size else None
+    train_idx, val_idx = split if split is not None else train_val_split(len(full), cfg.val_size, seed)
+    val = loader(full.take(val_idx), cfg.eval_batch_size, shuffle=False) if len(val_idx) else None
     return Data(
         train=loader(full.take(train_idx), cfg.batch_size, shuffle=True),
         val=val,
@@ -156,8 +160,9 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
 
 def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | None,
                   extra_callbacks: Iterable[Callback] = (), resume_hint: str | None = None,
-                  trainer_class: type[Trainer] = Trainer) -> Trainer:
-    """The Trainer for a recipe; `run_dir` None writes nothing (fast_dev_run, tests)."""
+                  trainer_class: type[Trainer] = Trainer, checkpoints: bool = True) -> Trainer:
+    """The Trainer for a recipe; `run_dir` None writes nothing (fast_dev_run, tests);
+    `checkpoints=False` logs to `run_dir` but saves no checkpoints (cross-validation folds)."""
     t = recipe.trainer
     device = resolve_device(t.device)
     if t.precision == "16" and device.type != "cuda":
@@ -182,17 +187,16 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         if es.mode is None and monitor != t.monitor:
             raise HarnessError(f"trainer.early_stopping.mode: say min or max for monitor {monitor!r}")
         callbacks.append(EarlyStopping(monitor, es.mode or t.mode, es.patience, es.min_delta))
-    if run_dir is not None:
+    if run_dir is not None and checkpoints:
         callbacks.append(ModelCheckpoint(run_dir / "checkpoints", t.monitor, t.mode,
                                          extra={"recipe": recipe.to_dict()}, resume_hint=resume_hint))
     callbacks.extend(extra_callbacks)
-    compiled = torch.compile(model) if t.compile else model
     return trainer_class(
-        compiled, optimizer, build_loss(recipe.loss), build_metrics(recipe.metrics, data.num_classes),
+        model, optimizer, build_loss(recipe.loss), build_metrics(recipe.metrics, data.num_classes),
         device=device, log_dir=run_dir, scheduler=scheduler, scheduler_interval=interval,
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         grad_clip_norm=t.grad_clip_norm, grad_clip_value=t.grad_clip_value, on_nonfinite=t.on_nonfinite,
         max_nonfinite_skips=t.max_nonfinite_skips, callbacks=callbacks,
         loggers=[] if run_dir is None else None, progress=t.progress, log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=limit_train, limit_val_batches=limit_val,
+        limit_train_batches=limit_train, limit_val_batches=limit_val, compile=t.compile,
     )

@@ -14,6 +14,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,30 +22,43 @@ from typing import Any
 import torch
 
 from harness.build import Data, build_data, build_model, build_trainer, check_monitors
-from harness.callbacks import ModelCheckpoint, callback_key
+from harness.callbacks import Callback, ModelCheckpoint, callback_key
 from harness.checkpoint import atomic_save, read_checkpoint
 from harness.config import Recipe, dump_yaml
 from harness.device import resolve_device
+from harness.distributed import broadcast_object, broadcast_tensors, init_distributed
 from harness.errors import HarnessError
 from harness.seed import seed_everything
 from harness.trainer import Trainer, unwrap_model
 
 
 class Run:
-    """Build everything from a recipe, fit, test the best checkpoint, write summary.json."""
+    """Build everything from a recipe, fit, test the best checkpoint, write summary.json.
+
+    `run_dir` puts the run in that folder instead of <logging.root>/<name>/<time>/ (sweep trials);
+    `callbacks` are added to the Trainer's (a sweep's pruning); `verbose=False` prints only what
+    the Trainer prints (no resolved recipe, no test line).
+    """
 
     def __init__(self, recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None,
-                 trainer_class: type[Trainer] = Trainer) -> None:
+                 trainer_class: type[Trainer] = Trainer, run_dir: str | Path | None = None,
+                 callbacks: Sequence[Callback] = (), verbose: bool = True) -> None:
         self.recipe = recipe
         self.recipe_path = Path(recipe_path) if recipe_path is not None else None
         self.resume = Path(resume) if resume is not None else None
         self.trainer_class = trainer_class
-        self.run_dir: Path | None = None
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
         self.trainer: Trainer | None = None
         self.data: Data | None = None
 
     def execute(self) -> dict[str, Any]:
         recipe, t = self.recipe, self.recipe.trainer
+        # Under torchrun: the process group (left up for later runs in this process; the command's
+        # exit tears it down) and this rank's GPU.
+        dist = init_distributed(t.device)
+        self.verbose = self.verbose and dist.is_main
         device = resolve_device(t.device)  # a bad device fails before any data is read
         if self.resume is not None:
             self._check_resumable(read_checkpoint(self.resume))
@@ -52,13 +66,16 @@ class Run:
         seed_everything(t.seed, t.deterministic)
         model = build_model(recipe.model)  # before the data: a bad model name fails in a second
         self.data = data = build_data(recipe.data, device, t.seed, overfit_batches=t.overfit_batches,
-                                      channels_last=t.channels_last)
-        self.run_dir = None if t.fast_dev_run else self._make_run_dir()
+                                      channels_last=t.channels_last, rank=dist.rank, world_size=dist.world_size)
+        # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
+        self.run_dir = None if t.fast_dev_run or not dist.is_main else self._make_run_dir()
         hint = self._resume_hint()
         self.trainer = trainer = build_trainer(recipe, model, data, self.run_dir, resume_hint=hint,
-                                               trainer_class=self.trainer_class)
-        print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}", end="")
-        print(f"# device {trainer.device}, run folder {self.run_dir or '(none: fast_dev_run)'}", flush=True)
+                                               trainer_class=self.trainer_class, extra_callbacks=self.callbacks)
+        if self.verbose:
+            print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}",
+                  end="")
+            print(f"# device {trainer.device}, run folder {self.run_dir or '(none: fast_dev_run)'}", flush=True)
         if self.run_dir is not None and self.resume is None:
             (self.run_dir / "config.yaml").write_text(dump_yaml(recipe))
 
@@ -67,30 +84,29 @@ class Run:
             trainer.fit(data.train, data.val, epochs=1 if t.fast_dev_run else t.epochs, resume_from=self.resume)
             fit_seconds = time.perf_counter() - started
             tested = self._load_best()
+            if dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
+                broadcast_tensors(_tested_tensors(trainer))
+                tested = broadcast_object(tested)
             test = trainer.evaluate(data.test)
         finally:
             trainer.close()
         summary = self._summary(test, tested, fit_seconds, time.perf_counter() - started)
-        print(f"test: {_format(test)}  ({tested})", flush=True)
+        if self.verbose:
+            print(f"test: {_format(test)}  ({tested})", flush=True)
         if self.run_dir is not None:
             atomic_save(json.dumps(summary, indent=2).encode(), self.run_dir / "summary.json", raw=True)
-            print(f"run folder: {self.run_dir}", flush=True)
+            if self.verbose:
+                print(f"run folder: {self.run_dir}", flush=True)
         return summary
 
     def _make_run_dir(self) -> Path:
+        if self.run_dir is not None:  # given by the caller
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return self.run_dir
         if self.resume is not None:
             # runs/<name>/<time>/checkpoints/last.pt -> continue in runs/<name>/<time>/
             return self.resume.resolve().parent.parent
-        log = self.recipe.logging
-        name = log.name or (self.recipe_path.stem if self.recipe_path else "run")
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(log.root) / name / stamp
-        suffix = 1
-        while run_dir.exists():  # two runs started in the same second get their own folders
-            suffix += 1
-            run_dir = Path(log.root) / name / f"{stamp}-{suffix}"
-        run_dir.mkdir(parents=True)
-        return run_dir
+        return new_run_folder(Path(self.recipe.logging.root) / run_name(self.recipe, self.recipe_path))
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         saved = state.get("extra", {}).get("recipe", {}).get("model")
@@ -148,6 +164,33 @@ class Run:
             "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                          "torchvision": torchvision.__version__},
         }
+
+
+def run_name(recipe: Recipe, recipe_path: str | Path | None) -> str:
+    """`logging.name`, else the recipe file's stem, else "run"."""
+    return recipe.logging.name or (Path(recipe_path).stem if recipe_path else "run")
+
+
+def new_run_folder(parent: str | Path) -> Path:
+    """Create and return <parent>/<timestamp>/ (`-2`, `-3`, ... when that second is taken)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path(parent) / stamp
+    suffix = 1
+    while folder.exists():  # two runs started in the same second get their own folders
+        suffix += 1
+        folder = Path(parent) / f"{stamp}-{suffix}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
+    """The model's state and any callback tensors (the EMA average) that testing depends on."""
+    tensors = list(unwrap_model(trainer.model).state_dict().values())
+    for callback in trainer.callbacks:
+        shadow = getattr(callback, "shadow", None)
+        if isinstance(shadow, dict):
+            tensors.extend(shadow.values())
+    return tensors
 
 
 def _format(metrics: dict[str, Any]) -> str:

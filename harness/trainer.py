@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from harness.callbacks import Callback, callback_key
 from harness.device import batch_size_of, move_to_device, resolve_device
+from harness.distributed import all_reduce_sum, any_rank, is_distributed, is_main_process
 from harness.metrics import MeanMetric, Metric
 from harness.progress import EpochProgress
 
@@ -62,6 +63,11 @@ class Trainer:
         progress: show a tqdm bar on a terminal (one line per epoch otherwise); False is silent.
         log_every_n_steps: progress-bar refresh interval; the only host sync in the training loop.
         limit_train_batches / limit_val_batches: use only the first N batches of each epoch / pass.
+        compile: wrap the model in `torch.compile`.
+
+    Under torchrun (a process group is initialised, see `harness.distributed`) the model is wrapped in
+    DistributedDataParallel, the epoch's train loss and every metric are summed over ranks, and only
+    rank 0 logs and shows progress. Give each rank its own shard of the data (TensorLoader rank/world_size).
     """
 
     def __init__(
@@ -87,15 +93,28 @@ class Trainer:
         log_every_n_steps: int = 50,
         limit_train_batches: int | None = None,
         limit_val_batches: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun pinned this rank's GPU
         if precision not in ("32", "bf16", "16"):
             raise ValueError(f"precision {precision!r}: allowed are '32', 'bf16', '16'")
         if precision == "16" and self.device.type != "cuda":
             raise ValueError(f"precision '16' needs CUDA (device is {self.device.type}); use 'bf16' or '32'")
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
-        self.model = model.to(self.device)
+        model = model.to(self.device)
+        self.model = model
+        # Validation runs the bare module: DDP's forward broadcasts buffers, a collective that would
+        # hang when ranks have different numbers of validation batches (shards are not padded).
+        self.eval_model = model
+        if is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if compile:
+            self.model = torch.compile(self.model)
+            self.eval_model = self.model if not is_distributed() else model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.metrics = {name: m.to(self.device) for name, m in (metrics or {}).items()}
@@ -113,7 +132,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.loggers = list(loggers) if loggers is not None else None
-        self.progress = progress
+        self.progress = progress and is_main_process()  # one bar, on rank 0
         self.log_every_n_steps = log_every_n_steps
         self.limit_train_batches = limit_train_batches
         self.limit_val_batches = limit_val_batches
@@ -187,6 +206,7 @@ class Trainer:
         accumulate = self.accumulate_grad_batches
         bar = EpochProgress(batches, None if total is None else total - start, f"epoch {self.epoch + 1}", self.progress)
         checked = 0
+        distributed = is_distributed()
         for i, batch in enumerate(bar, start=start):
             batch = move_to_device(batch, self.device)
             with self._autocast():
@@ -210,12 +230,22 @@ class Trainer:
                 bar.refresh(loss=loss.item())
                 self._check_finite(step_losses, checked, slot + 1, start)
                 checked = slot + 1
-            if self._signal is not None:
+                # Under torchrun all ranks must stop after the same step (or DDP's next all-reduce
+                # waits forever), so a signal is agreed on here, at the refresh interval.
+                if distributed and any_rank(self._signal is not None, self.device):
+                    self._signal = self._signal or signal.SIGTERM
+                    break
+            if self._signal is not None and not distributed:
                 break
         self._check_finite(step_losses, checked, len(sizes), start)
         weights = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
         samples = sum(sizes)
-        loss_sum = float((step_losses[: len(sizes)] * weights).sum()) + self.partial_epoch["loss_sum"]
+        # Sums over all ranks (a no-op in one process): the logged loss is the global mean over samples.
+        totals = torch.stack([(step_losses[: len(sizes)] * weights).sum().double(),
+                              torch.tensor(float(samples), dtype=torch.float64, device=self.device)])
+        all_reduce_sum(totals)
+        samples = int(totals[1])
+        loss_sum = float(totals[0]) + self.partial_epoch["loss_sum"]
         seen = samples + self.partial_epoch["samples"]
         train_loss = loss_sum / max(seen, 1)
         if self._signal is None:
@@ -261,8 +291,8 @@ class Trainer:
             return
         window = step_losses[begin:end]
         bad = (~torch.isfinite(window)).nonzero()
-        if bad.numel():
-            batch = first_batch + begin + int(bad[0]) + 1
+        if any_rank(bad.numel() > 0, self.device):  # every rank halts together under torchrun
+            batch = first_batch + begin + (int(bad[0]) if bad.numel() else end - begin - 1) + 1
             raise NonFiniteLossError(
                 f"non-finite training loss at epoch {self.epoch + 1}, batch {batch} of the epoch; "
                 "stopped without saving (the last checkpoint is the last good state)"
@@ -275,18 +305,22 @@ class Trainer:
         Scalars come back as floats, per-class results and confusion matrices as (nested) lists.
         """
         was_training = self.model.training
+        training_model, self.model = self.model, self.eval_model  # no DDP collectives here: see __init__
         self.model.eval()
         self._call("on_validation_start")
         self.loss_metric.reset()
         for metric in self.metrics.values():
             metric.reset()
-        for batch in islice(data, _num_batches(data, self.limit_val_batches)):
-            batch = move_to_device(batch, self.device)
-            with self._autocast():
-                loss, preds, target = self.validation_step(batch)
-            self.loss_metric.update(loss.detach(), weight=target.shape[0])
-            for metric in self.metrics.values():
-                metric.update(preds, target)
+        try:
+            for batch in islice(data, _num_batches(data, self.limit_val_batches)):
+                batch = move_to_device(batch, self.device)
+                with self._autocast():
+                    loss, preds, target = self.validation_step(batch)
+                self.loss_metric.update(loss.detach(), weight=target.shape[0])
+                for metric in self.metrics.values():
+                    metric.update(preds, target)
+        finally:
+            self.model = training_model
         results = {"loss": self._compute(self.loss_metric)}
         results.update({name: self._compute(metric) for name, metric in self.metrics.items()})
         out = {f"{prefix}/{name}": _to_python(value) for name, value in results.items()}
@@ -356,7 +390,7 @@ class Trainer:
         self.loggers = None
 
     def _default_loggers(self) -> list[Any]:
-        if self.log_dir is None:
+        if self.log_dir is None or not is_main_process():  # under torchrun only rank 0 writes
             return []
         from harness.loggers import JsonlLogger, TensorBoardLogger
 

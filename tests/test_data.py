@@ -83,7 +83,7 @@ def test_gz_only_idx_files_are_decompressed_once(fake_data):
 def test_corrupt_gz_is_a_clear_error_and_leaves_nothing(fake_data):
     raw = fake_data.root / "FashionMNIST" / "raw"
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
-    with pytest.raises(HarnessError, match="cannot decompress .*t10k-images-idx3-ubyte.gz"):
+    with pytest.raises(HarnessError, match=r"cannot decompress .*t10k-images-idx3-ubyte\.gz"):
         load_dataset("fashion_mnist", fake_data.root, False, download=False)
     assert not (raw / "t10k-images-idx3-ubyte").exists()
     assert not any(p.name.endswith(".partial") for p in raw.iterdir())
@@ -166,7 +166,7 @@ def test_download_cut_midway_leaves_no_half_written_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tv_utils, "_urlretrieve", cut_after_some_bytes)
     root = tmp_path / "data"
     root.mkdir()
-    with pytest.raises(HarnessError, match="could not be downloaded .*connection reset"):
+    with pytest.raises(HarnessError, match=r"could not be downloaded .*connection reset"):
         load_dataset("mnist", root, True)
     assert list(root.iterdir()) == []
     with pytest.raises(HarnessError, match="and download is off"):  # the next attempt sees a clean folder

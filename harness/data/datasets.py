@@ -61,7 +61,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "CIFAR-10",
         "CIFAR10",
         "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
         False,
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),

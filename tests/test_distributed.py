@@ -1,0 +1,106 @@
+"""torchrun on CPU (Gloo, 127.0.0.1): two ranks train one run, and their validation counts equal a
+single process's to the last sample; a rank killed mid-run ends the job with an error, not a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, write_fake_mnist
+
+from harness.build import build_data, build_metrics, build_model
+from harness.checkpoint import read_checkpoint
+from harness.config import load_recipe
+from harness.trainer import Trainer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args: str, data_root: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "HARNESS_DATA_DIR": str(data_root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "harness.train", *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_ranks_write_one_run_and_count_validation_exactly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_fake_mnist(data, n_train=700, n_test=101)
+    overrides = ["trainer.epochs=2", "data.val_size=201", "data.batch_size=32", "data.eval_batch_size=50",
+                 "metrics.cm.type=confusion_matrix", "trainer.progress=false", f"logging.root={tmp_path / 'runs'}"]
+    proc = torchrun(2, "recipes/mnist_mlp.yaml", *overrides, data_root=data)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("test: loss") == 1  # rank 0 alone reports
+
+    runs = [p for p in (tmp_path / "runs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1
+    run = runs[0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h.get("epoch") for h in history] == [1, 2, None]
+    summary = json.loads((run / "summary.json").read_text())
+
+    # The same checkpoint, validated by one process on the same 201-sample split (odd: uneven shards).
+    recipe = load_recipe(REPO / "recipes/mnist_mlp.yaml", [*overrides, f"data.root={data}"])
+    state = read_checkpoint(run / "checkpoints" / "last.pt")
+    model = build_model(recipe.model)
+    model.load_state_dict(state["model"])
+    single = build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(),
+                      build_metrics(recipe.metrics, single.num_classes), device="cpu", progress=False)
+    scores = trainer.validate(single.val)
+    ranked = summary["final"]
+    assert ranked["val/cm"] == scores["val/cm"]  # every count identical: nothing missed, nothing twice
+    assert sum(map(sum, ranked["val/cm"])) == 201
+    assert ranked["val/acc"] == scores["val/acc"]
+    assert ranked["val/loss"] == pytest.approx(scores["val/loss"], rel=1e-6)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_killing_one_rank_ends_the_job_with_an_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_fake_mnist(data, n_train=4000, n_test=100)
+    proc = torchrun(2, "recipes/mnist_mlp.yaml", "trainer.epochs=200", "data.val_size=100", "data.batch_size=16",
+                    "trainer.progress=false", f"logging.root={tmp_path / 'runs'}", data_root=data)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "runs").glob("*/*/checkpoints/last.pt")):  # wait for epoch 1's checkpoint
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGKILL)  # the rank that is not rank 0 (started second)
+        _, err = proc.communicate(timeout=120)  # far below the 300 s collective timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Signal 9 (SIGKILL)" in err or "SIGKILL" in err, err[-2000:]
+    last = next((tmp_path / "runs").glob("*/*/checkpoints/last.pt"))
+    assert read_checkpoint(last)["epoch"] >= 1  # still loadable
