@@ -28,9 +28,8 @@ class EpochProgress:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
 
     def close(self, summary: str) -> None:
-        """End of epoch: the bar closes with the summary; without a bar the summary is the one line."""
+        """End of the epoch's training: the bar shows the summary and closes. Without a bar nothing is
+        printed here: the Trainer prints one line per epoch once validation is done."""
         if self.bar is not None:
             self.bar.set_postfix_str(summary, refresh=True)
             self.bar.close()
-        elif self.enabled:
-            print(summary, flush=True)

@@ -188,6 +188,8 @@ class Trainer:
                 logs["samples_per_s"] = samples / train_seconds
                 self.history.append(logs)
                 self.log(logs, step=self.epoch)
+                if self.progress:
+                    print(epoch_line(logs, epochs), flush=True)
                 self._call("on_epoch_end", self.epoch, logs)
         self._call("on_fit_end")
         return self.history
@@ -206,6 +208,7 @@ class Trainer:
         accumulate = self.accumulate_grad_batches
         bar = EpochProgress(batches, None if total is None else total - start, f"epoch {self.epoch + 1}", self.progress)
         checked = 0
+        started = time.perf_counter()
         distributed = is_distributed()
         for i, batch in enumerate(bar, start=start):
             batch = move_to_device(batch, self.device)
@@ -227,7 +230,7 @@ class Trainer:
             self._call_batch_end(i, loss)
             if (slot + 1) % self.log_every_n_steps == 0:
                 # note: .item() is a CPU-GPU sync point; it happens only at this refresh interval.
-                bar.refresh(loss=loss.item())
+                bar.refresh(loss=loss.item(), samples_per_s=sum(sizes) / (time.perf_counter() - started))
                 self._check_finite(step_losses, checked, slot + 1, start)
                 checked = slot + 1
                 # Under torchrun all ranks must stop after the same step (or DDP's next all-reduce
@@ -254,7 +257,7 @@ class Trainer:
         else:
             self.partial_epoch = {"loss_sum": loss_sum, "samples": seen}
         self.last_epoch_samples = samples
-        bar.close(f"epoch {self.epoch + 1}: train/loss {train_loss:.4f}")
+        bar.close(f"train/loss {train_loss:.4f}")
         return {"train/loss": train_loss}
 
     def _optimizer_step(self, loss: Tensor) -> None:
@@ -455,6 +458,14 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def epoch_line(logs: Mapping[str, Any], epochs: int) -> str:
+    """`epoch 2/5  train/loss 0.1234  val/loss 0.0987  val/acc 0.9712  lr 0.001  12.3s  4512 samples/s`."""
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in logs.items()
+                      if isinstance(v, float) and k not in ("epoch_seconds", "samples_per_s"))
+    return (f"epoch {logs['epoch']}/{epochs}  {shown}  {logs['epoch_seconds']:.1f}s  "
+            f"{logs['samples_per_s']:.0f} samples/s")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

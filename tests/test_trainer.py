@@ -23,6 +23,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int = 64) -> list[tuple[torc
 
 
 def mlp(dim: int = 16, classes: int = 4) -> nn.Module:
+    torch.manual_seed(0)  # the same initial weights whatever ran before
     return nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, classes))
 
 
@@ -112,8 +113,8 @@ def test_subclass_changes_the_step_dict_batches_and_label_smoothing() -> None:
 
     x, y = blobs()
     data = [{"features": xb, "label": yb} for xb, yb in batches(x, y)]
-    model = mlp()
     torch.manual_seed(0)
+    model = mlp()
     trainer = Recording(model, torch.optim.AdamW(model.parameters(), lr=1e-2), loss_fn=None,
                         metrics={"acc": Accuracy(num_classes=4)}, device="cpu", progress=False)
     history = trainer.fit(data[:24], data[24:], epochs=2)
