@@ -83,6 +83,7 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     from harness.checkpoint import check_model_state, read_checkpoint
     from harness.config import load_recipe
     from harness.device import resolve_device
+    from harness.distributed import init_distributed
     from harness.report import classification_summary
     from harness.seed import seed_everything
 
@@ -92,6 +93,9 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
         raise HarnessError(f"split {split!r}: allowed are {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
     t = recipe.trainer
+    # Under torchrun each rank scores its shard (no padding) and the counts are summed: exact.
+    dist = init_distributed(t.device)
+    write, verbose, speed = write and dist.is_main, verbose and dist.is_main, speed and dist.is_main
     device = resolve_device(t.device)  # a bad device fails before anything is read
     state = read_checkpoint(checkpoint)
     _check_same_data(state, recipe, split, checkpoint)
@@ -101,7 +105,8 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     check_model_state(model, weights, str(checkpoint))
     model.load_state_dict(weights)
 
-    data = build_data(recipe.data, device, t.seed, channels_last=t.channels_last)
+    data = build_data(recipe.data, device, t.seed, channels_last=t.channels_last,
+                      rank=dist.rank, world_size=dist.world_size)
     loader = data.test if split == "test" else data.val
     if loader is None:
         raise HarnessError("--split val: the recipe holds out no validation images (data.val_size is 0)")

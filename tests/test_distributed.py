@@ -104,3 +104,30 @@ def test_killing_one_rank_ends_the_job_with_an_error(tmp_path: Path) -> None:
     assert "Signal 9 (SIGKILL)" in err or "SIGKILL" in err, err[-2000:]
     last = next((tmp_path / "runs").glob("*/*/checkpoints/last.pt"))
     assert read_checkpoint(last)["epoch"] >= 1  # still loadable
+
+
+def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
+    """`torchrun -m harness.evaluate`: each rank scores its shard of the 101-image test split (odd)."""
+    from harness.evaluate import evaluate
+
+    data = tmp_path / "data"
+    write_fake_mnist(data, n_train=300, n_test=101)
+    env = {**os.environ, "HARNESS_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
+    common = ["data.val_size=50", "data.eval_batch_size=20", "trainer.progress=false"]
+    subprocess.run([sys.executable, "-m", "harness.train", "recipes/mnist_mlp.yaml", "trainer.epochs=1", *common,
+                    f"logging.root={tmp_path / 'runs'}"], cwd=REPO, env=env, check=True, capture_output=True)
+    best = next((tmp_path / "runs").glob("*/*/checkpoints/best.pt"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "harness.evaluate", "recipes/mnist_mlp.yaml",
+           "--checkpoint", str(best), *common]
+    ranked = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert ranked.returncode == 0, ranked.stderr[-3000:]
+    assert ranked.stdout.count("confusion matrix") == 1  # rank 0 alone reports
+    written = json.loads(next(best.parent.parent.glob("eval-best-test.json")).read_text())
+
+    recipe = load_recipe(REPO / "recipes/mnist_mlp.yaml", [*common, f"data.root={data}"])
+    single = evaluate(recipe, best, "test", write=False, verbose=False)
+    assert written["confusion_matrix"] == single["confusion_matrix"]
+    assert sum(map(sum, written["confusion_matrix"])) == 101
+    assert written["accuracy"] == single["accuracy"]
+    assert written["loss"] == pytest.approx(single["loss"], rel=1e-6)
