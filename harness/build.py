@@ -6,10 +6,12 @@ thing everywhere. Errors are `HarnessError` lines naming the recipe key.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import math
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,143 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise HarnessError(f"model.name {cfg.name!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def matches_prefix(name: str, prefix: str) -> bool:
+    """Whether dotted `name` lies under `prefix`: `features` matches `features.0.weight` and
+    `features` itself, not `features_extra.weight`; "" matches everything."""
+    prefix = prefix.rstrip(".")
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def init_model(model: nn.Module, cfg: ModelConfig) -> str | None:
+    """Load `model.init_from` into a freshly built `model`; returns a line saying what was loaded.
+
+    The file is a harness checkpoint (its raw model weights) or a plain state_dict. Its keys are
+    renamed by `model.init_map`; model weights under a `model.init_skip` prefix keep their built
+    values. A shape mismatch is always an error; with `model.init_strict` so are model weights the
+    file lacks and file weights the model lacks. None (nothing done) without `init_from`.
+    """
+    if cfg.init_from is None:
+        return None
+    path = _init_path(cfg.init_from)
+    where = f"model.init_from {path}"
+    renamed = _rename_keys(_read_weights(path), cfg.init_map, where)
+    own = model.state_dict()
+    for prefix in cfg.init_skip:
+        if not any(matches_prefix(k, prefix) for k in (*own, *renamed)):
+            raise HarnessError(f"model.init_skip: {prefix!r} matches no weight of the model or of {path}")
+
+    def skipped(key: str) -> bool:
+        return any(matches_prefix(key, prefix) for prefix in cfg.init_skip)
+
+    load = {k: v for k, v in renamed.items() if k in own and not skipped(k)}
+    wrong = [k for k in load if load[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        module = k.rpartition(".")[0] or k
+        raise HarnessError(f"{where}: {k} is {tuple(load[k].shape)} in the file but {tuple(own[k].shape)} in the "
+                           f"model ({len(wrong)} such tensor{'s' * (len(wrong) > 1)}); to train a new layer there "
+                           f"instead, skip it: model.init_skip=[{module}]")
+    missing = [k for k in own if k not in load and not skipped(k)]
+    unexpected = [k for k in renamed if k not in own and not skipped(k)]
+    if cfg.init_strict and (missing or unexpected):
+        parts = [f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' * (len(keys) > 3)})"
+                 for label, keys in (("the file lacks", missing), ("the model lacks", unexpected)) if keys]
+        raise HarnessError(f"{where}: {'; '.join(parts)}; rename with model.init_map, skip with "
+                           "model.init_skip, or load what matches with model.init_strict=false")
+    if not load:
+        raise HarnessError(f"{where}: no weight of the file matches the model (first keys: {list(renamed)[:3]})")
+    model.load_state_dict(load, strict=False)
+    kept = len(own) - len(load)
+    return f"initialised {len(load)} of {len(own)} tensors from {path}" + (f"; {kept} as built" if kept else "")
+
+
+def _init_path(pattern: str) -> Path:
+    """`model.init_from` as a path; a glob (`runs/pretrain/*/checkpoints/best.pt`) picks the newest match."""
+    if not any(c in pattern for c in "*?["):
+        return Path(pattern)
+    matches = glob.glob(os.path.expanduser(pattern))
+    if not matches:
+        raise HarnessError(f"model.init_from: no file matches {pattern}")
+    return Path(max(matches, key=os.path.getmtime))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from harness.checkpoint import FORMAT
+
+    if not path.is_file():
+        raise HarnessError(f"model.init_from: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickled code objects...
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise HarnessError(f"model.init_from {path}: cannot be read ({reason})") from None
+    if isinstance(state, dict) and state.get("format") == FORMAT:  # a harness checkpoint
+        state = state.get("model")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HarnessError(f"model.init_from {path}: neither a harness checkpoint nor a state_dict "
+                           "(a dict of tensors)")
+    return state
+
+
+def _rename_keys(weights: dict[str, torch.Tensor], mapping: dict[str, str], where: str) -> dict[str, torch.Tensor]:
+    """Apply `model.init_map`: the longest matching old prefix of each key is replaced by its new one."""
+    for old in mapping:
+        if not any(matches_prefix(k, old) for k in weights):
+            raise HarnessError(f"model.init_map: {old!r} matches no weight in {where.split(' ', 1)[1]} "
+                               f"(first keys: {list(weights)[:3]})")
+    renamed = {}
+    for key, value in weights.items():
+        old = max((o for o in mapping if matches_prefix(key, o)), key=len, default=None)
+        if old is not None:
+            rest = key[len(old.rstrip(".")):].lstrip(".")
+            key = ".".join(part for part in (mapping[old].strip("."), rest) if part)
+        renamed[key] = value
+    return renamed
+
+
+def freeze_parameters(model: nn.Module, prefixes: Iterable[str]) -> int:
+    """`requires_grad=False` on every parameter under one of `prefixes` (`model.freeze`); returns how many.
+
+    BatchNorm running statistics are buffers, not parameters: they still update in training mode.
+    """
+    named = list(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        if not any(matches_prefix(name, prefix) for name, _ in named):
+            top = ", ".join(name for name, _ in model.named_children())
+            raise HarnessError(f"model.freeze: {prefix!r} matches no parameter; the model's modules: {top}")
+    for name, param in named:
+        if any(matches_prefix(name, prefix) for prefix in prefixes):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: trainable parameters only (frozen ones are left out), each in the first
+    `optim.param_groups` entry whose prefix matches, the rest in a first group with `optim.lr`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise HarnessError("model.freeze leaves no parameter to train")
+    groups: list[dict[str, Any]] = [{"params": []}]
+    for g in cfg.param_groups:
+        groups.append({"params": [], **{k: v for k, v in (("lr", g.lr), ("weight_decay", g.weight_decay))
+                                         if v is not None}})
+    for name, param in named:
+        i = next((i for i, g in enumerate(cfg.param_groups, start=1) if matches_prefix(name, g.prefix)), 0)
+        groups[i]["params"].append(param)
+    for g, group in zip(cfg.param_groups, groups[1:], strict=True):
+        if not group["params"]:
+            if any(matches_prefix(n, g.prefix) for n, _ in named):
+                why = "an earlier group's prefix took them all"
+            elif any(matches_prefix(n, g.prefix) for n, _ in model.named_parameters()):
+                why = "its parameters are frozen (model.freeze)"
+            else:
+                why = f"the model's modules: {', '.join(n for n, _ in model.named_children())}"
+            raise HarnessError(f"optim.param_groups: prefix {g.prefix!r} matches no trainable parameter; {why}")
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -123,39 +262,206 @@ class Data:
     num_classes: int
 
 
+@dataclass
+class DataSource:
+    """The splits `data.name` provides, `data.classes` applied, before any hold-out.
+
+    A split is an `ImageTensors` (the tensor path: TensorLoader, batch augmentation on the device),
+    a map-style dataset (the DataLoader path) or, from an import function, a ready loader (used as is).
+    """
+
+    train: Any
+    test: Any
+    val: Any  # a validation split of its own (image_folder's val/, an import function's "val"), or None
+    holdout: Any  # the training samples with evaluation transforms: the `val_size` hold-out comes from here
+    classes: list[str]
+    collate_fn: Any = None  # the DataLoader path's, when not the default (image_folder normalises batches)
+
+
+def load_data_source(cfg: DataConfig) -> DataSource:
+    """Read `data.name` (built-in, `image_folder` or `import:module:function`) and keep `data.classes`."""
+    if cfg.name == "image_folder":
+        source = _image_folder_source(cfg)
+    elif cfg.name.startswith("import:"):
+        source = _import_source(cfg)
+    else:
+        from harness.data import load_dataset
+
+        full = _with_stats(load_dataset(cfg.name, cfg.root, train=True, download=cfg.download), cfg)
+        test = _with_stats(load_dataset(cfg.name, cfg.root, train=False, download=cfg.download), cfg)
+        source = DataSource(full, test, None, full, full.classes)
+    if cfg.classes is None:
+        return source
+
+    def keep(split: Any) -> Any:
+        from harness.data import ImageTensors, select_classes, subset_classes
+
+        if split is None:
+            return None
+        if isinstance(split, ImageTensors):
+            return subset_classes(split, cfg.classes)
+        if _is_loader(split):
+            raise HarnessError(f"data.classes: {cfg.name} gave a loader; class subsets need datasets")
+        return select_classes(split, cfg.classes, source.classes)
+
+    train = keep(source.train)
+    return DataSource(train, keep(source.test), keep(source.val),
+                      train if source.holdout is source.train else keep(source.holdout),
+                      [source.classes[c] for c in cfg.classes], source.collate_fn)
+
+
 def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batches: int = 0,
                channels_last: bool = False, rank: int = 0, world_size: int = 1,
-               split: tuple[torch.Tensor, torch.Tensor] | None = None) -> Data:
-    """Load the dataset once into tensors, split a seeded validation hold-out, wrap in TensorLoaders.
+               indices: tuple[torch.Tensor, torch.Tensor] | None = None) -> Data:
+    """The loaders of a recipe's data: `load_data_source`, then a seeded validation hold-out of
+    `data.val_size` (unless the source has its own val split), a seeded `data.train_size` subset,
+    and loaders: TensorLoader for tensors (augmenting training batches on the device), the
+    DataLoader path for datasets.
 
-    `split`: explicit `(train_idx, val_idx)` into the training split instead of the `val_size`
+    `indices`: explicit `(train_idx, val_idx)` into the training split instead of the `val_size`
     hold-out (cross-validation folds)."""
-    from harness.data import TensorLoader, load_dataset, train_val_split
+    from harness.data import ImageTensors, TensorLoader, make_dataloader, random_subset, train_val_split
 
-    full = load_dataset(cfg.name, cfg.root, train=True, download=cfg.download)
-    test = load_dataset(cfg.name, cfg.root, train=False, download=cfg.download)
-    if split is None and cfg.val_size >= len(full):
-        raise HarnessError(f"data.val_size={cfg.val_size} must be smaller than the {len(full)} training images")
+    source = load_data_source(cfg)
+    augment = _batch_augment(cfg, source.train)
 
-    def loader(split: Any, batch_size: int, shuffle: bool) -> TensorLoader:
-        return TensorLoader(split.images, split.targets, batch_size, mean=split.mean, std=split.std,
-                            shuffle=shuffle, seed=seed, device=device, channels_last=channels_last,
-                            rank=rank, world_size=world_size)
+    def loader(split: Any, batch_size: int, shuffle: bool, augment: Any = None) -> Any:
+        if isinstance(split, ImageTensors):
+            return TensorLoader(split.images, split.targets, batch_size, mean=split.mean, std=split.std,
+                                shuffle=shuffle, seed=seed, device=device, channels_last=channels_last,
+                                rank=rank, world_size=world_size, augment=augment)
+        if _is_loader(split):
+            return split
+        return make_dataloader(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                               num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+                               persistent_workers=cfg.persistent_workers, collate_fn=source.collate_fn)
 
+    classes = source.classes
+    test = loader(source.test, cfg.eval_batch_size, shuffle=False)
+    if _is_loader(source.train):  # an import function's own loaders: nothing to split or subsample
+        if overfit_batches or indices is not None or cfg.train_size is not None:
+            raise HarnessError(f"{cfg.name} gave a training loader: trainer.overfit_batches, data.train_size "
+                               "and cross-validation need a dataset")
+        if source.val is None and cfg.val_size:
+            raise HarnessError(f"data.val_size={cfg.val_size}: {cfg.name} gave a training loader, nothing can be "
+                               "held out of it; return a 'val' split too, or set data.val_size=0")
+        val = None if source.val is None else loader(source.val, cfg.eval_batch_size, shuffle=False)
+        return Data(source.train, val, test, classes, len(classes))
+
+    n = len(source.train)
     if overfit_batches:
-        # Train and validate on the same few fixed batches: a model that cannot fit them has a bug.
-        head = full.take(torch.arange(min(len(full), overfit_batches * cfg.batch_size)))
+        # Train and validate on the same few fixed batches (not augmented): a model that cannot fit them has a bug.
+        head = _take(source.holdout, torch.arange(min(n, overfit_batches * cfg.batch_size)))
         same = loader(head, cfg.batch_size, shuffle=False)
-        return Data(same, same, loader(test, cfg.eval_batch_size, False), full.classes, full.num_classes)
-    train_idx, val_idx = split if split is not None else train_val_split(len(full), cfg.val_size, seed)
-    val = loader(full.take(val_idx), cfg.eval_batch_size, shuffle=False) if len(val_idx) else None
-    return Data(
-        train=loader(full.take(train_idx), cfg.batch_size, shuffle=True),
-        val=val,
-        test=loader(test, cfg.eval_batch_size, shuffle=False),
-        classes=full.classes,
-        num_classes=full.num_classes,
-    )
+        return Data(same, same, test, classes, len(classes))
+    if indices is not None:
+        train_idx, val_idx = indices
+    elif source.val is not None:  # the source's own validation split; data.val_size is not used
+        train_idx, val_idx = torch.arange(n), torch.arange(0)
+    else:
+        if cfg.val_size >= n:
+            raise HarnessError(f"data.val_size={cfg.val_size} must be smaller than the {n} training images")
+        train_idx, val_idx = train_val_split(n, cfg.val_size, seed)
+    if cfg.train_size is not None:
+        if cfg.train_size > len(train_idx):
+            raise HarnessError(f"data.train_size={cfg.train_size} is more than the {len(train_idx)} training "
+                               "images left after the validation hold-out")
+        train_idx = train_idx[random_subset(len(train_idx), cfg.train_size, seed)]
+    if source.val is not None:
+        val = loader(source.val, cfg.eval_batch_size, shuffle=False)
+    else:
+        val = loader(_take(source.holdout, val_idx), cfg.eval_batch_size, shuffle=False) if len(val_idx) else None
+    train = loader(_take(source.train, train_idx), cfg.batch_size, shuffle=True, augment=augment)
+    return Data(train=train, val=val, test=test, classes=classes, num_classes=len(classes))
+
+
+def _is_loader(split: Any) -> bool:
+    """A ready loader (a DataLoader, or an iterable without __getitem__), not a dataset."""
+    return isinstance(split, torch.utils.data.DataLoader) or not hasattr(split, "__getitem__")
+
+
+def _take(split: Any, index: torch.Tensor) -> Any:
+    from harness.data import ImageTensors
+
+    if isinstance(split, ImageTensors):
+        return split.take(index)
+    return torch.utils.data.Subset(split, index.tolist())
+
+
+def _with_stats(split: Any, cfg: DataConfig) -> Any:
+    """`split` with `data.mean` / `data.std` when the recipe sets them."""
+    from harness.data import ImageTensors
+
+    if cfg.mean is None or cfg.std is None or not isinstance(split, ImageTensors):
+        return split
+    channels = split.images.shape[1]
+    if len(cfg.mean) != channels or len(cfg.std) != channels:
+        raise HarnessError(f"data.mean / data.std: {channels} values needed (one per channel), "
+                           f"got {len(cfg.mean)} / {len(cfg.std)}")
+    return replace(split, mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
+def _batch_augment(cfg: DataConfig, train: Any) -> Any:
+    """The BatchAugment of `data.augment` for a tensor training split; None when off or not tensors."""
+    from harness.data import BatchAugment, ImageTensors
+
+    if cfg.augment is None:
+        return None
+    if not isinstance(train, ImageTensors):
+        if cfg.name != "image_folder":  # image_folder put the same ops in its transforms
+            raise HarnessError(f"data.augment: {cfg.name} gave datasets, not tensors; put the augmentation "
+                               "in its transforms")
+        return None
+    crop = cfg.augment.random_crop
+    height, width = train.images.shape[-2:]
+    if crop is not None and not crop.size == height == width:
+        raise HarnessError(f"data.augment.random_crop.size={crop.size} must equal the {height}x{width} image size: "
+                           "validation images are not cropped (shift the crop with padding)")
+    return BatchAugment(crop.size if crop else None, crop.padding if crop else 0, cfg.augment.horizontal_flip)
+
+
+def _image_folder_source(cfg: DataConfig) -> DataSource:
+    from harness.data import augment_transforms, load_image_folder, resolve_data_root
+    from harness.data.map_style import IMAGENET_MEAN, IMAGENET_STD
+
+    transforms = []
+    if cfg.augment is not None:
+        crop = cfg.augment.random_crop
+        if crop is not None and crop.size != cfg.image_size:
+            raise HarnessError(f"data.augment.random_crop.size={crop.size} must equal data.image_size="
+                               f"{cfg.image_size}: validation images are not cropped (shift the crop with padding)")
+        transforms = augment_transforms(crop.size if crop else None, crop.padding if crop else 0,
+                                        cfg.augment.horizontal_flip)
+    splits = load_image_folder(resolve_data_root(cfg.root), cfg.image_size, cfg.mean or IMAGENET_MEAN,
+                               cfg.std or IMAGENET_STD, transforms)
+    return DataSource(splits.train, splits.test, splits.val, splits.train_eval, splits.classes, splits.collate_fn)
+
+
+IMPORT_KEYS = ("train", "test", "val", "classes")
+
+
+def _import_source(cfg: DataConfig) -> DataSource:
+    """`import:package.module:function`: `function(cfg)` returns {"train", "test", optional "val", "classes"}."""
+    module_name, _, attr = cfg.name.removeprefix("import:").partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise HarnessError(f"data.name {cfg.name!r}: cannot import it ({e})") from None
+    result = function(cfg)
+    shape = "a dict with 'train' and 'test' (datasets, ImageTensors or loaders), optional 'val' and 'classes'"
+    if not isinstance(result, dict) or "train" not in result or "test" not in result:
+        got = sorted(result) if isinstance(result, dict) else type(result).__name__
+        raise HarnessError(f"data.name {cfg.name!r}: the function must return {shape}; got {got}")
+    unknown = sorted(set(result) - set(IMPORT_KEYS))
+    if unknown:
+        raise HarnessError(f"data.name {cfg.name!r}: unknown keys {unknown} in what it returned; allowed: "
+                           f"{', '.join(IMPORT_KEYS)}")
+    train, test, val = (_with_stats(result.get(k), cfg) for k in ("train", "test", "val"))
+    classes = result.get("classes") or getattr(train, "classes", None)
+    if not classes:
+        raise HarnessError(f"data.name {cfg.name!r}: say the class names: return 'classes' too, or give the "
+                           "training split a `classes` attribute")
+    return DataSource(train, test, val, train, list(classes))
 
 
 def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | None,
@@ -171,7 +477,8 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(recipe.optim, model.parameters())
+    freeze_parameters(model, recipe.model.freeze)  # frozen parameters never reach the optimizer
+    optimizer = build_optimizer(recipe.optim, parameter_groups(model, recipe.optim))
     limit_train = 1 if t.fast_dev_run else (t.overfit_batches or t.limit_train_batches)
     limit_val = 1 if t.fast_dev_run else (t.overfit_batches or t.limit_val_batches)
     batches = len(data.train) if limit_train is None else min(limit_train, len(data.train))

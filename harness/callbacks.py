@@ -100,6 +100,11 @@ class ModelCheckpoint(Callback):
     def best_path(self) -> Path:
         return self.dirpath / "best.pt"
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        # A process killed mid-write leaves its temporary file (never a broken last.pt): clear them.
+        for stale in self.dirpath.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         from harness.checkpoint import atomic_copy, save_checkpoint
 
@@ -177,8 +182,11 @@ class EMA(Callback):
         return unwrap_model(trainer.model).state_dict()
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        state = self._model_state(trainer)
         if self.shadow is None:
-            self.shadow = {k: v.detach().clone() for k, v in self._model_state(trainer).items()}
+            self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        else:  # restored from a checkpoint, which loads on the CPU: follow the model to its device
+            self.shadow = {k: v.to(state[k].device) for k, v in self.shadow.items()}
         self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, batch_idx: int, loss: Tensor) -> None:

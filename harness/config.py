@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
 
@@ -26,15 +26,67 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = "cnn"  # a name from models.MODELS, or an import path "package.module:Class"
     args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for the class
+    # Transfer learning. A prefix names a module by its dotted path: `features` matches
+    # `features.0.weight`, not `features_extra.weight`.
+    init_from: str | None = None  # harness checkpoint or state_dict file: weights loaded before training
+    init_strict: bool = True  # every weight of the model and of the file must be used (skipped ones aside)
+    init_map: dict[str, str] = Field(default_factory=dict)  # rename the file's keys: {old_prefix: new_prefix}
+    init_skip: list[str] = Field(default_factory=list)  # prefixes (model names) left as built, e.g. a new head
+    freeze: list[str] = Field(default_factory=list)  # prefixes of parameters that are not trained
+
+
+class RandomCropConfig(Section):
+    size: int = Field(gt=0)  # output height = width, pixels
+    padding: int = Field(0, ge=0)  # zero pixels added on every side before cropping
+
+
+class AugmentConfig(Section):
+    """Training-only augmentation; the tensor path applies it to whole batches on the device."""
+
+    random_crop: RandomCropConfig | None = None
+    horizontal_flip: float = Field(0.0, ge=0, le=1)  # probability that an image is mirrored
 
 
 class DataConfig(Section):
-    name: str = "mnist"  # mnist | fashion_mnist | cifar10
-    root: str | None = None  # None: $HARNESS_DATA_DIR, else ./data
+    name: str = "mnist"  # mnist | fashion_mnist | cifar10 | image_folder | import:package.module:function
+    root: str | None = None  # None: $HARNESS_DATA_DIR, else ./data (image_folder: holds train/, test/, val/)
     download: bool = True  # try to download when the files are missing
     batch_size: int = Field(128, gt=0)  # samples per training step (per process under torchrun)
     eval_batch_size: int = Field(1000, gt=0)  # samples per validation / test batch
     val_size: int = Field(5000, ge=0)  # images held out of the training split for validation
+    classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 in this order
+    train_size: int | None = Field(None, gt=0)  # seeded random subset of the training images left after val
+    augment: AugmentConfig | None = None  # training batches only; never validation or test
+    image_size: int = Field(32, gt=0)  # image_folder: images are resized to image_size x image_size
+    mean: list[float] | None = None  # per channel, [0, 1] scale; None: the dataset's (image_folder: ImageNet's)
+    std: list[float] | None = None
+    num_workers: int | None = Field(None, ge=0)  # DataLoader path; None: min(4, CPUs)
+    pin_memory: bool | None = None  # DataLoader path; None: when CUDA is available
+    persistent_workers: bool | None = None  # DataLoader path; None: when num_workers > 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from harness.data.datasets import DATASETS  # the registry is the one list of built-in names
+
+        choices = [*DATASETS, "image_folder"]
+        module, _, function = name.removeprefix("import:").partition(":")
+        if name in choices or (name.startswith("import:") and module and function):
+            return name
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(choices)}, "
+                         "or import:package.module:function")
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std or ())):
+            raise ValueError("data.mean and data.std go together, one value per channel each")
+        return self
+
+
+class ParamGroupConfig(Section):
+    prefix: str  # dotted module path, e.g. features; the first matching group wins
+    lr: float | None = Field(None, gt=0)  # None: optim.lr
+    weight_decay: float | None = Field(None, ge=0)  # None: optim.weight_decay
 
 
 class OptimConfig(Section):
@@ -44,6 +96,8 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0)  # sgd only
     nesterov: bool = False  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw only
+    # Parameters under a group's prefix train with its settings; the rest with lr / weight_decay above.
+    param_groups: list[ParamGroupConfig] = Field(default_factory=list)
 
 
 class LossConfig(Section):
@@ -106,7 +160,7 @@ class SchedulerConfig(Section):
     milestones: list[int] = Field(default_factory=lambda: [30, 60])  # multistep: epochs where lr *= gamma
     gamma: float = Field(0.1, gt=0)  # step / multistep / exponential: decay factor
     min_lr: float = Field(0.0, ge=0)  # cosine: final learning rate
-    max_lr: float | None = Field(None, gt=0)  # onecycle: peak learning rate (None: optim.lr)
+    max_lr: float | None = Field(None, gt=0)  # onecycle: peak learning rate (None: optim.lr, per param group)
     pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of steps spent rising
 
 
@@ -220,6 +274,8 @@ def _allowed_keys(section: list[str]) -> list[str]:
     """The keys allowed at a place in the schema: [] -> sections, ["optim"] -> optim's keys."""
     schema: type[BaseModel] = Recipe
     for part in section:
+        if part.isdigit():  # a list item: optim.param_groups.0.lr
+            continue
         if schema is Recipe and part == "metrics":  # metrics.<name>.<key>
             return list(MetricConfig.model_fields)
         annotation = schema.model_fields[part].annotation

@@ -101,7 +101,7 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     _check_same_data(state, recipe, split, checkpoint)
     seed_everything(t.seed, t.deterministic)
     model = build_model(recipe.model)
-    weights, weights_note = _choose_weights(state, recipe, checkpoint)
+    weights, weights_note = choose_weights(state, recipe, checkpoint)
     check_model_state(model, weights, str(checkpoint))
     model.load_state_dict(weights)
 
@@ -177,7 +177,7 @@ def _check_same_data(state: dict[str, Any], recipe: Recipe, split: str, path: Pa
         )
 
 
-def _choose_weights(state: dict[str, Any], recipe: Recipe, path: Path) -> tuple[dict[str, Any], str]:
+def choose_weights(state: dict[str, Any], recipe: Recipe, path: Path) -> tuple[dict[str, Any], str]:
     """The raw model weights, or the EMA shadow when the recipe has trainer.ema; and words saying which."""
     ema = next((s for key, s in state.get("callbacks", {}).items() if key.endswith(":EMA")), None)
     shadow = ema.get("shadow") if ema else None

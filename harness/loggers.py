@@ -16,11 +16,19 @@ class Logger(Protocol):
 
 
 class JsonlLogger:
-    """Appends one JSON object per `log` call to a file, flushed at once so a crash loses nothing."""
+    """Appends one JSON object per `log` call to a file, flushed at once so a crash loses nothing.
 
-    def __init__(self, path: str | Path) -> None:
+    purge_step: on resume, lines at or after this step are dropped first — a run killed between
+    logging an epoch and checkpointing it would otherwise repeat that epoch (as TensorBoard's purge_step).
+    """
+
+    def __init__(self, path: str | Path, purge_step: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if purge_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) < purge_step]
+            self.path.write_text("".join(kept))
         self._file = self.path.open("a")
 
     def log(self, scalars: dict[str, float], step: int) -> None:

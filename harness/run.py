@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 
-from harness.build import Data, build_data, build_model, build_trainer, check_monitors
+from harness.build import Data, build_data, build_model, build_trainer, check_monitors, init_model
 from harness.callbacks import Callback, ModelCheckpoint, callback_key
 from harness.checkpoint import atomic_save, read_checkpoint
 from harness.config import Recipe, dump_yaml
 from harness.device import resolve_device
 from harness.distributed import broadcast_object, broadcast_tensors, init_distributed
 from harness.errors import HarnessError
+from harness.schedules import PER_EPOCH
 from harness.seed import seed_everything
 from harness.trainer import Trainer, unwrap_model
 
@@ -65,6 +66,8 @@ class Run:
         check_monitors(recipe)
         seed_everything(t.seed, t.deterministic)
         model = build_model(recipe.model)  # before the data: a bad model name fails in a second
+        # model.init_from; a resume loads the checkpoint's weights instead
+        initialised = init_model(model, recipe.model) if self.resume is None else None
         self.data = data = build_data(recipe.data, device, t.seed, overfit_batches=t.overfit_batches,
                                       channels_last=t.channels_last, rank=dist.rank, world_size=dist.world_size)
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
@@ -76,6 +79,8 @@ class Run:
             print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}",
                   end="")
             print(f"# device {trainer.device}, run folder {self.run_dir or '(none: fast_dev_run)'}", flush=True)
+            if initialised:
+                print(f"# {initialised}", flush=True)
         if self.run_dir is not None and self.resume is None:
             (self.run_dir / "config.yaml").write_text(dump_yaml(recipe))
 
@@ -109,15 +114,25 @@ class Run:
         return new_run_folder(Path(self.recipe.logging.root) / run_name(self.recipe, self.recipe_path))
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
-        saved = state.get("extra", {}).get("recipe", {}).get("model")
+        saved_recipe = state.get("extra", {}).get("recipe", {})
+        saved = saved_recipe.get("model")
         current = self.recipe.to_dict()["model"]
         if saved is not None and saved != current:
             raise HarnessError(f"{self.resume}: the recipe's model {current} differs from the checkpoint's {saved}")
+        # A per-step schedule is fitted to the run's length and its saved state wins on resume: more
+        # epochs would run cosine back up past its end, or make onecycle raise in the middle of an epoch.
+        schedule, epochs = self.recipe.scheduler.name, self.recipe.trainer.epochs
+        saved_epochs = saved_recipe.get("trainer", {}).get("epochs", epochs)
+        if schedule != "none" and schedule not in PER_EPOCH and saved_epochs != epochs:
+            raise HarnessError(f"{self.resume}: trainer.epochs={epochs}, but the checkpoint's {schedule} schedule "
+                               f"spans trainer.epochs={saved_epochs}; resume with trainer.epochs={saved_epochs}")
 
     def _resume_hint(self) -> str | None:
         if self.run_dir is None:
             return None
-        recipe = self.recipe_path or "RECIPE"
+        # The run's config.yaml, not the recipe file: it holds the overrides too, which a resume
+        # from the bare recipe would silently drop (or refuse, when they changed the model).
+        recipe = self.run_dir / "config.yaml"
         return f"python -m harness.train {recipe} --resume {self.run_dir / 'checkpoints' / 'last.pt'}"
 
     def _load_best(self) -> str:

@@ -48,8 +48,13 @@ def build_scheduler(
     elif cfg.name == "cosine":
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=cfg.min_lr)
     else:  # onecycle
-        max_lr = cfg.max_lr if cfg.max_lr is not None else optimizer.param_groups[0]["lr"]
-        main = lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=cfg.pct_start)
+        # None: each parameter group peaks at its own lr (optim.param_groups)
+        max_lr = cfg.max_lr if cfg.max_lr is not None else [g["lr"] for g in optimizer.param_groups]
+        # total + 1: the Trainer steps the scheduler after every optimizer step, the last one too. The
+        # cycle ends at step total_steps - 1; one step() past it would turn the lr back up (the cosine
+        # continues), and that bogus lr would be the last epoch's logged lr. Cosine below works the same
+        # way: T_max steps, ending at min_lr after the last optimizer step.
+        main = lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total + 1, pct_start=cfg.pct_start)
     if not warmup:
         return main, interval
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, total_iters=warmup)

@@ -78,7 +78,7 @@ def measure_inference(
         {"device": "cpu", "device_name": ..., "threads": 2, "num_parameters": ..., "size_mb": ...,
          "state_dict_bytes": ..., ...,  # model_size(model)
          "batches": [{"batch_size": 1, "runs": 100, "warmup": 10,
-                      "latency_ms": {"mean", "min", "p50", "p90", "p99", "max"},
+                      "latency_ms": {"mean", "min", "p50", "p90", "p95", "p99", "max"},
                       "throughput_samples_per_s": ...}, ...]}
     """
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -139,6 +139,7 @@ def _time_batch_size(model: nn.Module, batch: torch.Tensor, warmup: int, repeats
             "min": float(ms.min()),
             "p50": float(np.percentile(ms, 50)),
             "p90": float(np.percentile(ms, 90)),
+            "p95": float(np.percentile(ms, 95)),
             "p99": float(np.percentile(ms, 99)),
             "max": float(ms.max()),
         },

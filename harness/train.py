@@ -16,7 +16,7 @@ from harness.cli import run_command
 EXAMPLES = """examples:
   python -m harness.train recipes/mnist.yaml
   python -m harness.train recipes/mnist.yaml optim.lr=3e-3 trainer.epochs=5
-  python -m harness.train recipes/mnist.yaml --resume runs/mnist/<time>/checkpoints/last.pt
+  python -m harness.train runs/mnist/<time>/config.yaml --resume runs/mnist/<time>/checkpoints/last.pt
   tensorboard --logdir runs"""
 
 

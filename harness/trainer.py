@@ -208,6 +208,7 @@ class Trainer:
         accumulate = self.accumulate_grad_batches
         bar = EpochProgress(batches, None if total is None else total - start, f"epoch {self.epoch + 1}", self.progress)
         checked = 0
+        group_loss: Tensor | None = None  # sum of the losses of the current accumulation group
         started = time.perf_counter()
         distributed = is_distributed()
         for i, batch in enumerate(bar, start=start):
@@ -219,8 +220,13 @@ class Trainer:
             group = accumulate if total is None else min(accumulate, total - (i // accumulate) * accumulate)
             scaled = loss / group if group > 1 else loss
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            if (i + 1) % accumulate == 0 or i + 1 == total:
-                self._optimizer_step(loss)
+            # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
+            # even when the group's last loss is finite.
+            group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
+            step_ends = (i + 1) % accumulate == 0 or i + 1 == total
+            if step_ends:
+                self._optimizer_step(group_loss)
+                group_loss = None
             slot = i - start
             if slot >= step_losses.numel():  # unknown length (plain iterable): grow as needed
                 step_losses = torch.cat([step_losses, torch.zeros(max(64, slot), device=self.device)])
@@ -238,7 +244,8 @@ class Trainer:
                 if distributed and any_rank(self._signal is not None, self.device):
                     self._signal = self._signal or signal.SIGTERM
                     break
-            if self._signal is not None and not distributed:
+            # Stop only after an optimizer step: gradients accumulated so far are not in a checkpoint.
+            if self._signal is not None and not distributed and step_ends:
                 break
         self._check_finite(step_losses, checked, len(sizes), start)
         weights = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
@@ -398,8 +405,8 @@ class Trainer:
         from harness.loggers import JsonlLogger, TensorBoardLogger
 
         # purge_step: after a resume, drop events a killed run wrote past the checkpoint.
-        return [TensorBoardLogger(self.log_dir, purge_step=self.epoch + 1 if self.epoch else None),
-                JsonlLogger(self.log_dir / "history.jsonl")]
+        purge = self.epoch + 1 if self.epoch else None
+        return [TensorBoardLogger(self.log_dir, purge_step=purge), JsonlLogger(self.log_dir / "history.jsonl", purge)]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -6,10 +6,12 @@ is named by import path, `package.module:Class`.
 
 from models.cnn import MnistCNN
 from models.mlp import MLP
+from models.resnet import ResNet
 
 MODELS = {
     "mlp": MLP,
     "cnn": MnistCNN,
+    "resnet": ResNet,
 }
 
-__all__ = ["MLP", "MODELS", "MnistCNN"]
+__all__ = ["MLP", "MODELS", "MnistCNN", "ResNet"]

@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from conftest import REPO, real_data_dir, requires_mnist, write_fake_mnist
 from torch import nn
 from torch.optim import lr_scheduler
 
@@ -25,10 +27,17 @@ from harness.data import TensorLoader
 from harness.metrics import Accuracy
 from harness.train import main
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = Path(os.environ.get("HARNESS_DATA_DIR", "/work/shared/data"))
-HAS_MNIST = (MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 TIMING = {"epoch_seconds", "samples_per_s"}
+MLP_RECIPE, CNN_RECIPE = str(REPO / "recipes" / "mnist_mlp.yaml"), str(REPO / "recipes" / "mnist.yaml")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ tiny data, model and trainer
@@ -46,7 +55,8 @@ def loaders(batch_size: int = 16) -> tuple[TensorLoader, TensorLoader]:
     return train, val
 
 
-def dropout_trainer(checkpoints: Path, interval: str, epochs: int, extra: tuple[Callback, ...] = ()) -> Trainer:
+def dropout_trainer(checkpoints: Path, interval: str, epochs: int, extra: tuple[Callback, ...] = (),
+                    accumulate: int = 1) -> Trainer:
     """MLP with dropout (so the RNG state matters), AdamW, an LR schedule, EMA, early stopping, checkpoints."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
@@ -57,7 +67,8 @@ def dropout_trainer(checkpoints: Path, interval: str, epochs: int, extra: tuple[
         scheduler = lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     callbacks = [EMA(0.9), EarlyStopping("val/loss", patience=10), ModelCheckpoint(checkpoints), *extra]
     return Trainer(model, optimizer, nn.CrossEntropyLoss(), {"acc": Accuracy(4)}, device="cpu", progress=False,
-                   scheduler=scheduler, scheduler_interval=interval, callbacks=callbacks, log_every_n_steps=3)
+                   scheduler=scheduler, scheduler_interval=interval, callbacks=callbacks, log_every_n_steps=3,
+                   accumulate_grad_batches=accumulate)
 
 
 def without_timing(history: list[dict]) -> list[dict]:
@@ -101,18 +112,24 @@ def test_resume_at_epoch_end_is_bit_identical(tmp_path: Path, interval: str) -> 
     assert [h["epoch"] for h in resumed.history] == [1, 2]
 
 
-def test_resume_mid_epoch_after_sigterm_is_bit_identical(tmp_path: Path) -> None:
-    straight = dropout_trainer(tmp_path / "straight", "step", epochs=3)
+# accumulate 2, signal after batch index 2: mid-group, so it stops after the group's step (batch 4).
+@pytest.mark.parametrize(("accumulate", "steps_per_epoch"), [(1, 10), (2, 5)])
+def test_resume_mid_epoch_after_sigterm_is_bit_identical(tmp_path: Path, accumulate: int,
+                                                         steps_per_epoch: int) -> None:
+    straight = dropout_trainer(tmp_path / "straight", "step", epochs=3, accumulate=accumulate)
     straight.fit(*loaders(), epochs=3)
 
-    interrupted = dropout_trainer(tmp_path / "split", "step", epochs=3, extra=(SignalAt(epoch=2, batch_idx=3),))
+    interrupted = dropout_trainer(tmp_path / "split", "step", epochs=3, extra=(SignalAt(epoch=2, batch_idx=2),),
+                                  accumulate=accumulate)
     with pytest.raises(TrainingInterrupted):
         interrupted.fit(*loaders(), epochs=3)
     saved = read_checkpoint(tmp_path / "split" / "last.pt")
-    assert (saved["epoch"], saved["batch_in_epoch"], saved["global_step"]) == (1, 4, 14)
+    batches = 3 if accumulate == 1 else 4
+    assert (saved["epoch"], saved["batch_in_epoch"]) == (1, batches)
+    assert saved["global_step"] == steps_per_epoch + batches // accumulate
 
     torch.manual_seed(12345)
-    resumed = dropout_trainer(tmp_path / "split", "step", epochs=3, extra=(Callback(),))
+    resumed = dropout_trainer(tmp_path / "split", "step", epochs=3, extra=(Callback(),), accumulate=accumulate)
     resumed.fit(*loaders(), epochs=3, resume_from=tmp_path / "split" / "last.pt")
     assert_same_state(straight, resumed)
     # The interrupted epoch's train/loss averages all its batches, before and after the interruption
@@ -122,56 +139,53 @@ def test_resume_mid_epoch_after_sigterm_is_bit_identical(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------ kill -9 while saving
-def _save_forever(path: str, seed: int) -> None:
-    """Child process: write checkpoints to the same path as fast as possible until killed."""
-    torch.manual_seed(seed)
-    model = nn.Linear(512, 1024)  # ~2 MB: a write takes long enough to be hit mid-way
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), device="cpu",
-                      progress=False)
-    step = 0
+def _save_forever(trainer: Trainer, path: str, saved_once: Any) -> None:
+    """Child process: write checkpoints to the same path as fast as possible until killed.
+
+    It only serialises (no tensor math): after fork, a thread pool the parent used may deadlock.
+    """
     while True:
-        with torch.no_grad():
-            model.weight.add_(1.0)
-        trainer.global_step = step
-        if step % 2:
-            save_checkpoint(trainer, path)
-        else:
-            atomic_save({**trainer.state_dict(), "format": "harness-checkpoint-v1", "rng": {}, "extra": {}}, path)
-        step += 1
+        save_checkpoint(trainer, path)
+        saved_once.set()
+        trainer.global_step += 1
 
 
 def test_kill_9_during_checkpoint_saves_never_leaves_a_broken_last_pt(tmp_path: Path) -> None:
+    model = nn.Linear(512, 1024)  # 2 MB of weights: a save takes long enough to be hit mid-write
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), device="cpu",
+                      progress=False)
     path = tmp_path / "last.pt"
     rng = random.Random(0)
     fork = multiprocessing.get_context("fork")
-    steps = []
-    for attempt in range(8):
-        child = fork.Process(target=_save_forever, args=(str(path), attempt), daemon=True)
+    for kill in range(8):
+        saved_once = fork.Event()
+        trainer.global_step = 1000 * kill
+        child = fork.Process(target=_save_forever, args=(trainer, str(path), saved_once), daemon=True)
         child.start()
-        time.sleep(rng.uniform(0.05, 0.4))
+        assert saved_once.wait(timeout=60)
+        time.sleep(rng.uniform(0.0, 0.05))  # a few saves in: the kill lands anywhere in one
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         assert child.exitcode == -signal.SIGKILL
-        if path.exists():  # the first kill may land before the first save finished
-            state = read_checkpoint(path)
-            assert state["model"]["weight"].shape == (1024, 512)
-            steps.append(state["global_step"])
-    assert steps, "no checkpoint was ever completed: the kills came too early to test anything"
-    # A writer killed mid-save leaves its private temporary file (never last.pt itself) behind;
-    # at most one per kill, and none of them is picked up by read_checkpoint.
+        state = read_checkpoint(path)  # never truncated: the old file or the new one
+        assert state["model"]["weight"].shape == (1024, 512)
+        assert 1000 * kill <= state["global_step"] < 1000 * (kill + 1)
+    # A writer killed mid-save leaves its own temporary file behind (at most one per kill); last.pt
+    # is never one of them and read_checkpoint never sees them.
     strays = list(tmp_path.glob(".last.pt.*.tmp"))
     assert len(strays) <= 8
-    assert {p.name for p in tmp_path.iterdir()} <= {"last.pt", *(p.name for p in strays)}
+    assert {p.name for p in tmp_path.iterdir()} == {"last.pt", *(p.name for p in strays)}
 
 
 # ------------------------------------------------------------------ the CLI
 def cli_env() -> dict[str, str]:
     # One thread per process: the test machine is shared and 2 threads per process thrash.
-    return {**os.environ, "HARNESS_DATA_DIR": str(MNIST), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return env | ({"HARNESS_DATA_DIR": str(real_data_dir())} if real_data_dir() else {})
 
 
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.train", *args], cwd=cwd, env=cli_env(),
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.train", *args], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -185,17 +199,20 @@ def epochs_logged(run_dir: Path) -> list[int]:
     return [entry["epoch"] for entry in lines if "epoch" in entry]
 
 
-@pytest.mark.skipif(not HAS_MNIST, reason="real MNIST not found")
-def test_cli_resume_on_real_mnist_matches_a_straight_run(tmp_path: Path) -> None:
+@requires_mnist
+def test_cli_resume_on_real_mnist_matches_a_straight_run(tmp_path: Path, monkeypatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The straight and the first run go through the CLI's main() in this process (one thread, like
+    the child); the resume runs in a fresh process, so nothing but the checkpoint carries state over."""
     # A per-epoch schedule: it does not depend on trainer.epochs, so a 1-epoch run extended to 2 is
     # the same run as 2 epochs straight (cosine or onecycle would be stretched over 1 epoch first).
-    common = ["recipes/mnist_mlp.yaml", "trainer.limit_train_batches=30", "data.val_size=1000",
+    common = [MLP_RECIPE, "trainer.limit_train_batches=30", "data.val_size=1000",
               "trainer.progress=false", "trainer.device=cpu", "scheduler.name=step", "scheduler.step_size=1",
               "scheduler.gamma=0.5"]
-    straight = run_cli(*common, "trainer.epochs=2", f"logging.root={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr
-    first = run_cli(*common, "trainer.epochs=1", f"logging.root={tmp_path / 'split'}")
-    assert first.returncode == 0, first.stderr
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(real_data_dir()))
+    assert main([*common, "trainer.epochs=2", f"logging.root={tmp_path / 'straight'}"]) == 0
+    assert main([*common, "trainer.epochs=1", f"logging.root={tmp_path / 'split'}"]) == 0
+    capsys.readouterr()
     split_dir = only_run_dir(tmp_path / "split")
     resumed = run_cli(*common, "trainer.epochs=2", f"logging.root={tmp_path / 'split'}",
                       "--resume", str(split_dir / "checkpoints" / "last.pt"))
@@ -212,12 +229,13 @@ def test_cli_resume_on_real_mnist_matches_a_straight_run(tmp_path: Path) -> None
 
 
 SLOW_MODEL = '''
+import os
 import time
 from pathlib import Path
 from torch import nn
 
 class SlowMLP(nn.Module):
-    """An MLP that marks the first training batch in a file and then takes ~10 ms per batch."""
+    """An MLP that marks each training batch in a file and sleeps $SLOW_BATCH_SECONDS per batch."""
 
     def __init__(self, marker: str) -> None:
         super().__init__()
@@ -227,26 +245,25 @@ class SlowMLP(nn.Module):
     def forward(self, x):
         if self.training:
             self.marker.touch()
-            time.sleep(0.01)
+            time.sleep(float(os.environ.get("SLOW_BATCH_SECONDS", "0")))
         return self.net(x)
 '''
 
 
 @pytest.fixture
 def slow_recipe(tmp_path: Path) -> list[str]:
-    """CLI args for a run of ~300 slow batches on fake MNIST; the marker appears once training is under way."""
-    from conftest import write_fake_mnist
-
+    """CLI args for a run of 305 batches on fake MNIST; the marker appears once training is under way."""
     write_fake_mnist(tmp_path / "data", n_train=2440, n_test=40)
     (tmp_path / "slow_model.py").write_text(SLOW_MODEL)
-    return ["recipes/mnist_mlp.yaml", "model.name=slow_model:SlowMLP", f"model.args={{marker: {tmp_path / 'marker'}}}",
+    return [MLP_RECIPE, "model.name=slow_model:SlowMLP", f"model.args={{marker: {tmp_path / 'marker'}}}",
             f"data.root={tmp_path / 'data'}", "data.batch_size=8", "data.val_size=40", "trainer.epochs=1",
             "trainer.progress=false", "trainer.device=cpu", f"logging.root={tmp_path / 'runs'}"]
 
 
 def start_and_signal(args: list[str], tmp_path: Path, signum: int) -> subprocess.CompletedProcess[str]:
-    env = {**cli_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
-    process = subprocess.Popen([sys.executable, "-m", "harness.train", *args], cwd=ROOT, env=env,
+    """Start a run, signal it once its first training batch ran; ~3 s of 10 ms batches remain then."""
+    env = {**cli_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}", "SLOW_BATCH_SECONDS": "0.01"}
+    process = subprocess.Popen([sys.executable, "-m", "harness.train", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = tmp_path / "marker"
     while not marker.exists() and process.poll() is None:  # wait for the first training batch
@@ -256,7 +273,8 @@ def start_and_signal(args: list[str], tmp_path: Path, signum: int) -> subprocess
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def test_sigterm_mid_epoch_saves_last_pt_and_the_printed_resume_completes(tmp_path: Path, slow_recipe: list[str]) -> None:
+def test_sigterm_mid_epoch_saves_last_pt_and_the_printed_resume_completes(tmp_path: Path,
+                                                                          slow_recipe: list[str]) -> None:
     stopped = start_and_signal(slow_recipe, tmp_path, signal.SIGTERM)
     assert stopped.returncode == 143, stopped.stderr
     assert "Traceback" not in stopped.stderr
@@ -268,8 +286,8 @@ def test_sigterm_mid_epoch_saves_last_pt_and_the_printed_resume_completes(tmp_pa
     # Run the command the message prints, as a user would.
     hint = stopped.stderr.split("resume with: ")[1].split()
     assert hint[:3] == ["python", "-m", "harness.train"] and "--resume" in hint
-    env = {**cli_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
-    resumed = subprocess.run([sys.executable, *hint[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+    env = {**cli_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    resumed = subprocess.run([sys.executable, *hint[1:]], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     run_dir = last.parent.parent
@@ -306,13 +324,13 @@ def fake_args(fake_data, tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def mlp_checkpoint(fake_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    assert main(["recipes/mnist_mlp.yaml", *fake_args]) == 0
+    assert main([MLP_RECIPE, *fake_args]) == 0
     capsys.readouterr()
     return only_run_dir(tmp_path / "runs") / "checkpoints" / "last.pt"
 
 
 def test_resume_from_missing_file(capsys, fake_args, tmp_path: Path) -> None:
-    line = cli_error(capsys, "recipes/mnist_mlp.yaml", *fake_args, "--resume", str(tmp_path / "nope.pt"))
+    line = cli_error(capsys, MLP_RECIPE, *fake_args, "--resume", str(tmp_path / "nope.pt"))
     assert "checkpoint not found" in line and "nope.pt" in line
 
 
@@ -320,18 +338,18 @@ def test_resume_from_truncated_or_foreign_files(capsys, fake_args, mlp_checkpoin
     truncated = tmp_path / "truncated.pt"
     data = mlp_checkpoint.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    line = cli_error(capsys, "recipes/mnist_mlp.yaml", *fake_args, "--resume", str(truncated))
+    line = cli_error(capsys, MLP_RECIPE, *fake_args, "--resume", str(truncated))
     assert "truncated.pt: cannot be read as a checkpoint" in line
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": 1}, foreign)
-    line = cli_error(capsys, "recipes/mnist_mlp.yaml", *fake_args, "--resume", str(foreign))
+    line = cli_error(capsys, MLP_RECIPE, *fake_args, "--resume", str(foreign))
     assert "foreign.pt: not a harness checkpoint" in line and "['a']" in line
 
 
 def test_resume_with_another_models_checkpoint(capsys, fake_args, mlp_checkpoint: Path, tmp_path: Path) -> None:
     # A CLI checkpoint stores its recipe: the model sections are compared before any data is read.
-    line = cli_error(capsys, "recipes/mnist.yaml", *fake_args, "--resume", str(mlp_checkpoint))
+    line = cli_error(capsys, CNN_RECIPE, *fake_args, "--resume", str(mlp_checkpoint))
     assert "'name': 'cnn'" in line and "'name': 'mlp'" in line
 
     # One written from Python has no recipe: the weights themselves are checked, naming the keys.
@@ -339,9 +357,15 @@ def test_resume_with_another_models_checkpoint(capsys, fake_args, mlp_checkpoint
     state = read_checkpoint(mlp_checkpoint)
     state["extra"] = {}
     atomic_save(state, bare)
-    line = cli_error(capsys, "recipes/mnist.yaml", *fake_args, "--resume", str(bare))
+    line = cli_error(capsys, CNN_RECIPE, *fake_args, "--resume", str(bare))
     assert "does not fit this model" in line
     assert "missing keys features.0.0.weight" in line and "unexpected keys net.1.weight" in line
+
+
+def test_resume_with_more_epochs_than_a_per_step_schedule_spans(capsys, fake_args, mlp_checkpoint: Path) -> None:
+    # mnist_mlp.yaml's cosine spans the 1 epoch the checkpoint's run was given; its saved state would win.
+    line = cli_error(capsys, MLP_RECIPE, *fake_args, "trainer.epochs=2", "--resume", str(mlp_checkpoint))
+    assert "trainer.epochs=2, but the checkpoint's cosine schedule spans trainer.epochs=1" in line
 
 
 @pytest.mark.parametrize(("override", "expected"), [
@@ -350,10 +374,4 @@ def test_resume_with_another_models_checkpoint(capsys, fake_args, mlp_checkpoint
     ("trainer.monitor=val/nope", "trainer.monitor: 'val/nope' is never logged"),
 ])
 def test_bad_settings_fail_with_one_line(capsys, fake_args, override: str, expected: str) -> None:
-    assert expected in cli_error(capsys, "recipes/mnist_mlp.yaml", *fake_args, override)
-
-
-def test_bad_resume_exits_2_without_traceback_as_a_real_process(tmp_path: Path) -> None:
-    done = run_cli("recipes/mnist_mlp.yaml", "--resume", str(tmp_path / "missing.pt"))
-    assert done.returncode == 2
-    assert done.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'missing.pt'}"
+    assert expected in cli_error(capsys, MLP_RECIPE, *fake_args, override)

@@ -5,10 +5,14 @@
   normalisation per batch.
 - `make_dataloader`: the `torch.utils.data.DataLoader` path for anything else; its
   `EpochSampler` visits samples in the same order as `TensorLoader`.
+- `BatchAugment`: random crop + flip of whole batches on the device (the TensorLoader path);
+  `augment_transforms`: the same as torchvision.transforms.v2 per-sample transforms.
+- `load_image_folder`: a user's class-per-folder images as map-style datasets (DataLoader path).
 
 Nothing here imports torchvision until a dataset is actually loaded.
 """
 
+from harness.data.augment import AugmentParams, BatchAugment, augment_transforms
 from harness.data.datasets import (
     DATASETS,
     DatasetSpec,
@@ -24,7 +28,14 @@ from harness.data.loader import (
     default_num_workers,
     make_dataloader,
 )
-from harness.data.split import train_val_split
+from harness.data.map_style import (
+    ClassSubset,
+    FolderSplits,
+    dataset_targets,
+    load_image_folder,
+    select_classes,
+)
+from harness.data.split import random_subset, train_val_split
 from harness.data.tensor_loader import (
     TensorLoader,
     Uint8Normalize,
@@ -35,18 +46,27 @@ from harness.data.tensor_loader import (
 
 __all__ = [
     "DATASETS",
+    "AugmentParams",
+    "BatchAugment",
+    "ClassSubset",
     "DatasetSpec",
     "EpochDataLoader",
     "EpochSampler",
+    "FolderSplits",
     "ImageTensors",
     "TensorLoader",
     "Uint8Normalize",
+    "augment_transforms",
     "dataset_spec",
+    "dataset_targets",
     "default_num_workers",
     "epoch_permutation",
     "load_dataset",
+    "load_image_folder",
     "make_dataloader",
+    "random_subset",
     "resolve_data_root",
+    "select_classes",
     "shard_indices",
     "shard_size",
     "subset_classes",

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from harness.data.augment import BatchAugment
 from harness.errors import HarnessError
 
 
@@ -65,7 +66,7 @@ def shard_indices(
 
 
 class Uint8Normalize:
-    """`(x / 255 - mean) / std` per channel for uint8 (N, C, H, W) batches, as one fused op.
+    """`(x / 255 - mean) / std` per channel for uint8 (N, C, H, W) batches: one fused op on a GPU.
 
     Equal to torchvision's `Normalize(mean, std)` after `ToTensor()` up to float rounding (~1e-6).
     """
@@ -95,8 +96,13 @@ class Uint8Normalize:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            # On CPU the mixed-dtype addcmul is slow: a cast then two in-place passes cost 30-50% less
+            # (one epoch of 128-image batches, 1 thread: MNIST 40 vs 55 ms, CIFAR-10 135 vs 269 ms).
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            return x.to(torch.float32, memory_format=layout).mul_(self.scale).add_(self.shift)
         if not self.channels_last:
-            return torch.addcmul(self.shift, x, self.scale)  # uint8 promotes to float32 inside the kernel
+            return torch.addcmul(self.shift, x, self.scale)  # one kernel: uint8 promotes to float32 inside it
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=torch.channels_last)
         return torch.addcmul(self.shift, x, self.scale, out=out)
 
@@ -108,6 +114,8 @@ class TensorLoader:
     `set_epoch(e)` before each epoch (the Trainer does): the order is `shard_indices(...)`
     for `(seed, e)` and never depends on how often the loader was iterated. See
     `shard_indices` for how `rank`/`world_size` split the data, with and without `shuffle`.
+    `augment` (a `harness.data.augment.BatchAugment`, for training loaders only) crops and flips
+    each uint8 batch on the device before normalising it, with choices drawn for `(seed, e)`.
 
         loader = TensorLoader(data.images, data.targets, 512, mean=data.mean, std=data.std,
                               device="cuda")
@@ -131,6 +139,7 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        augment: BatchAugment | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -150,6 +159,7 @@ class TensorLoader:
         self.rank = rank
         self.world_size = world_size
         self.normalize = Uint8Normalize(mean, std, channels_last=channels_last)
+        self.augment = augment
         self.images, self.targets = images, targets
         self.to(device)
 
@@ -197,8 +207,13 @@ class TensorLoader:
             world_size=self.world_size,
         ).to(self.device)
         targets = self.targets[index]  # the epoch's labels in one gather; batches slice views of it
-        images, normalize, batch_size = self.images, self.normalize, self.batch_size
+        images, normalize, batch_size, augment = self.images, self.normalize, self.batch_size, self.augment
+        if augment is not None:  # every sample's crop and flip for this epoch, drawn once
+            params = augment.sample(self.dataset_size, images.shape[-2:], self.seed, self.epoch).to(self.device)
         stop = len(self) * batch_size if self.drop_last else len(index)
         for start in range(0, stop, batch_size):
             batch = index[start : start + batch_size]
-            yield normalize(images.index_select(0, batch)), targets[start : start + batch_size]
+            x = images.index_select(0, batch)
+            if augment is not None:
+                x = augment(x, params.take(batch))
+            yield normalize(x), targets[start : start + batch_size]

@@ -1,0 +1,115 @@
+"""Stratified folds (`harness.folds`) and `python -m harness.cv` end to end on a fake MNIST."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, write_fake_mnist
+
+from harness.errors import HarnessError
+from harness.folds import fold_splits, stratified_folds
+
+UNEVEN = torch.tensor([0] * 7 + [1] * 3 + [2] * 12 + [3] * 5 + [5] * 4)  # class 4 absent, 31 samples
+
+
+def labels(counts: list[int], seed: int = 0) -> torch.Tensor:
+    """Shuffled labels with `counts[c]` samples of class c."""
+    targets = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    return targets[torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))]
+
+
+@pytest.mark.parametrize(("targets", "k"), [
+    (labels([10] * 10), 5),  # balanced: exactly 2 per class per fold
+    (labels([10] * 10), 3),  # 10 = 3 + 3 + 4
+    (UNEVEN, 3),
+    (labels([101, 57, 3, 990, 14]), 3),
+])
+def test_folds_are_disjoint_cover_and_keep_class_ratios(targets: torch.Tensor, k: int) -> None:
+    folds = stratified_folds(targets, k, seed=0)
+    assert len(folds) == k
+    every = torch.cat(folds)
+    assert sorted(every.tolist()) == list(range(len(targets)))  # disjoint and covering
+    assert all(torch.equal(f, f.sort().values) for f in folds)
+    counts = torch.bincount(targets)
+    for fold in folds:
+        in_fold = torch.bincount(targets[fold], minlength=len(counts))
+        # each class: floor(n_c / k) or ceil(n_c / k) samples in every fold
+        assert torch.all(in_fold >= counts // k) and torch.all(in_fold <= -(-counts // k)), (in_fold, counts)
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_fold_splits_train_on_the_other_folds() -> None:
+    folds = stratified_folds(UNEVEN, 3, seed=1)
+    for (train_idx, val_idx), fold in zip(fold_splits(folds), folds, strict=True):
+        assert torch.equal(val_idx, fold)
+        assert set(train_idx.tolist()).isdisjoint(val_idx.tolist())
+        assert len(train_idx) + len(val_idx) == len(UNEVEN)
+
+
+def test_folds_are_seeded() -> None:
+    targets = labels([20] * 10)
+    same = [stratified_folds(targets, 4, seed=7) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*same, strict=True))
+    other = stratified_folds(targets, 4, seed=8)
+    assert not all(torch.equal(a, b) for a, b in zip(same[0], other, strict=True))
+
+
+@pytest.mark.parametrize(("k", "message"), [(1, "at least 2"), (0, "at least 2"), (4, "smallest class")])
+def test_bad_fold_counts(k: int, message: str) -> None:
+    with pytest.raises(HarnessError, match=message):
+        stratified_folds(UNEVEN, k)  # the smallest class has 3 samples
+
+
+@pytest.fixture
+def fake_mnist(tmp_path: Path) -> Path:
+    write_fake_mnist(tmp_path / "data", n_train=200, n_test=20)
+    return tmp_path / "data"
+
+
+def cv_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return [str(REPO / "recipes/mnist_mlp.yaml"), "trainer.epochs=2", "trainer.progress=false",
+            "data.batch_size=32", f"data.root={data}", f"logging.root={tmp_path / 'runs'}", *extra]
+
+
+def test_cv_end_to_end(tmp_path: Path, fake_mnist: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from harness.cv import main
+
+    assert main([*cv_args(tmp_path, fake_mnist), "--folds", "4"]) == 0
+    out = capsys.readouterr().out
+    (cv_dir,) = (tmp_path / "runs" / "mnist_mlp-cv").iterdir()
+    result = json.loads((cv_dir / "cv.json").read_text())
+    assert result["folds"] == 4 and len(result["per_fold"]) == 4 and result["std_of"] == "sample (ddof=1)"
+    assert [f["val_size"] for f in result["per_fold"]] == [50] * 4  # 200 samples, 20 per class
+    assert all(f["train_size"] == 150 and f["epochs_run"] == 2 for f in result["per_fold"])
+    for name in ("val/loss", "val/acc", "val/f1"):
+        values = [f["metrics"][name] for f in result["per_fold"]]
+        assert result["mean"][name] == pytest.approx(statistics.fmean(values))
+        assert result["std"][name] == pytest.approx(statistics.stdev(values))
+        assert f"{result['mean'][name]:.4f} ± {result['std'][name]:.4f}" in out
+    for f in result["per_fold"]:  # one TensorBoard run per fold, side by side; no checkpoints
+        fold_dir = cv_dir / f"fold-{f['fold']}"
+        events = EventAccumulator(str(fold_dir))
+        events.Reload()
+        curve = events.Scalars("val/acc")
+        assert [e.step for e in curve] == [1, 2]
+        assert curve[-1].value == pytest.approx(f["metrics"]["val/acc"])
+        assert not (fold_dir / "checkpoints").exists()
+    assert (cv_dir / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("folds", ["1", "0", "21"])  # 21 > the 20 samples per class
+def test_cv_bad_folds_one_line_exit_2(tmp_path: Path, fake_mnist: Path, folds: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cv import main
+
+    assert main([*cv_args(tmp_path, fake_mnist), "--folds", folds]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "folds" in err, err
+    assert not (tmp_path / "runs").exists()  # nothing trained, no folder

@@ -1,0 +1,196 @@
+"""`python -m harness.sweep`: grid, random and Optuna search on a fake MNIST; bad input fails first."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, write_fake_mnist
+
+from harness.errors import HarnessError
+from harness.sweep import OptunaPruning, Range, grid_trials, parse_grid, parse_range, random_trials
+
+HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
+
+
+@pytest.fixture
+def fake_mnist(tmp_path: Path) -> Path:
+    write_fake_mnist(tmp_path / "data", n_train=200, n_test=40)
+    return tmp_path / "data"
+
+
+def sweep_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return [str(REPO / "recipes/mnist_mlp.yaml"), "trainer.epochs=2", "trainer.limit_train_batches=3",
+            "data.val_size=50", "data.batch_size=32", "trainer.progress=false", f"data.root={data}",
+            f"logging.root={tmp_path / 'runs'}", *extra]
+
+
+def read_csv(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "sweep.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def hparams_of(run_dir: Path) -> dict[str, object]:
+    """The hparams TensorBoard's HPARAMS tab shows for a run, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in info.hparams.items()}
+
+
+def test_grid_runs_every_trial_ranked_by_the_monitor(tmp_path: Path, fake_mnist: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.sweep import main
+
+    grid = ["--grid", "optim.lr=1e-3,3e-2", "--grid", "optim.name=sgd,adam"]
+    assert main([*sweep_args(tmp_path, fake_mnist), *grid]) == 0
+    out = capsys.readouterr().out
+    (sweep_dir,) = (tmp_path / "runs" / "mnist_mlp-sweep").iterdir()
+    rows = read_csv(sweep_dir)
+    assert len(rows) == 4 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    assert {(float(r["optim.lr"]), r["optim.name"]) for r in rows} == {
+        (1e-3, "sgd"), (1e-3, "adam"), (3e-2, "sgd"), (3e-2, "adam")}
+    values = [float(r["val/acc"]) for r in rows]
+    assert values == sorted(values, reverse=True)  # trainer.mode is max
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["optim"]["lr"] == float(row["optim.lr"]) and config["optim"]["name"] == row["optim.name"]
+        assert summary["best_value"] == pytest.approx(float(row["val/acc"]))
+        assert summary["test"]["acc"] == pytest.approx(float(row["test/acc"]))
+        assert hparams_of(run_dir) == {"optim.lr": float(row["optim.lr"]), "optim.name": row["optim.name"]}
+    assert "rank  trial  optim.lr  optim.name  val/acc" in out
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, fake_mnist: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.sweep import main
+
+    grid = ["--grid", "optim.lr=1e-3,1e12", "optim.name=sgd", "trainer.log_every_n_steps=1"]
+    assert main([*sweep_args(tmp_path, fake_mnist), *grid]) == 0
+    (sweep_dir,) = (tmp_path / "runs" / "mnist_mlp-sweep").iterdir()
+    rows = read_csv(sweep_dir)
+    assert [(r["rank"], float(r["optim.lr"]), r["status"]) for r in rows] == [("1", 1e-3, "done"),
+                                                                             ("2", 1e12, "diverged")]
+    assert rows[1]["val/acc"] == "" and "non-finite" in capsys.readouterr().err
+
+
+def test_random_search_draws_within_the_ranges(tmp_path: Path, fake_mnist: Path) -> None:
+    from harness.sweep import main
+
+    args = ["--random", "3", "--range", "optim.lr=1e-4:1e-1:log", "--range", "optim.weight_decay=0:1e-3",
+            "--grid", "optim.name=sgd,adam", "--seed", "5"]
+    assert main([*sweep_args(tmp_path, fake_mnist), *args]) == 0
+    (sweep_dir,) = (tmp_path / "runs" / "mnist_mlp-sweep").iterdir()
+    rows = sorted(read_csv(sweep_dir), key=lambda r: int(r["trial"]))
+    expected = random_trials(3, {"optim.lr": Range(1e-4, 1e-1, log=True), "optim.weight_decay": Range(0, 1e-3)},
+                             {"optim.name": ["sgd", "adam"]}, seed=5)
+    assert [float(r["optim.lr"]) for r in rows] == [e["optim.lr"] for e in expected]
+    assert [r["optim.name"] for r in rows] == [e["optim.name"] for e in expected]
+
+
+def test_random_draws_are_seeded_uniform_or_log_uniform_and_integer() -> None:
+    ranges = {"lr": Range(1e-4, 1e-1, log=True), "wd": Range(0, 1e-3), "width": Range(1, 8),
+              "depth": Range(1, 100, log=True)}
+    trials = random_trials(3000, ranges, {"opt": ["sgd", "adam"]}, seed=0)
+    lr = [t["lr"] for t in trials]
+    assert all(1e-4 <= v <= 1e-1 for v in lr)
+    decades = [sum(lo <= v < lo * 10 for v in lr) / len(lr) for lo in (1e-4, 1e-3, 1e-2)]
+    assert all(abs(d - 1 / 3) < 0.04 for d in decades), decades  # log-uniform: a third per decade
+    wd = [t["wd"] for t in trials]
+    assert all(0 <= v <= 1e-3 for v in wd) and abs(sum(v < 5e-4 for v in wd) / len(wd) - 0.5) < 0.04
+    assert {t["width"] for t in trials} == set(range(1, 9))  # ints, both ends included
+    assert all(isinstance(t["depth"], int) and 1 <= t["depth"] <= 100 for t in trials)
+    assert {t["opt"] for t in trials} == {"sgd", "adam"}
+    assert random_trials(5, ranges, {}, seed=1) == random_trials(5, ranges, {}, seed=1)
+    assert random_trials(5, ranges, {}, seed=1) != random_trials(5, ranges, {}, seed=2)
+
+
+def test_parsing_grids_and_ranges() -> None:
+    assert parse_grid("optim.lr=1e-3,3e-3") == ("optim.lr", [1e-3, 3e-3])
+    assert parse_grid("optim.name=sgd,adam") == ("optim.name", ["sgd", "adam"])
+    assert parse_grid("optim.betas=[0.9,0.99],[0.8,0.9]") == ("optim.betas", [[0.9, 0.99], [0.8, 0.9]])
+    assert parse_range("optim.lr=1e-4:1e-1:log") == ("optim.lr", Range(1e-4, 1e-1, log=True))
+    assert parse_range("trainer.epochs=1:5")[1].integer
+    assert grid_trials({"a": [1, 2], "b": ["x", "y"]}) == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    for bad in ("optim.lr=1:0", "optim.lr=0:1:log", "optim.lr=a:b", "optim.lr=1e-3", "optim.lr=1:2:lin", "=1:2"):
+        with pytest.raises(HarnessError, match="--range"):
+            parse_range(bad)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--grid", "optim.lrr=1e-3,3e-3"], "unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+    (["--grid", "optim.lr="], "no values"),
+    (["--grid", "optim.lr=1e-3,fast"], "optim.lr"),  # the second trial is bad: found before the first runs
+    (["--grid", "optim.name=sgd,adam", "--grid", "optim.name=adamw"], "given twice"),
+    (["--random", "2", "--range", "optim.lr=1:0"], "low must be smaller"),
+    (["--random", "2", "--range", "optim.lr=0:1e-1:log"], "log range needs low > 0"),
+    (["--random", "2", "--range", "optim.lrr=1e-4:1e-1:log"], "unknown key 'optim.lrr'"),
+    (["--random", "0", "--range", "optim.lr=1e-4:1e-1"], "at least 1"),
+    (["--range", "optim.lr=1e-4:1e-1"], "--range needs --random N or --optuna N"),
+    ([], "nothing to sweep"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_trial(tmp_path: Path, fake_mnist: Path, extra: list[str],
+                                                           message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.sweep import main
+
+    assert main([*sweep_args(tmp_path, fake_mnist), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()  # no trial ran, no folder
+
+
+def test_optuna_missing_says_how_to_install(tmp_path: Path, fake_mnist: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.sweep import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    assert main([*sweep_args(tmp_path, fake_mnist), "--optuna", "3", "--range", "optim.lr=1e-4:1e-1:log"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install -e '.[sweep]'" in err
+
+
+@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna not installed (pip install -e '.[sweep]')")
+def test_optuna_runs_trials(tmp_path: Path, fake_mnist: Path) -> None:
+    from harness.sweep import sweep
+
+    result = sweep(REPO / "recipes/mnist_mlp.yaml", sweep_args(tmp_path, fake_mnist)[1:], optuna=3,
+                   ranges={"optim.lr": Range(1e-4, 1e-1, log=True)}, grid={"optim.name": ["sgd", "adam"]}, seed=0)
+    trials = result["trials"]
+    assert result["method"] == "optuna" and len(trials) == 3
+    assert all(1e-4 <= t["values"]["optim.lr"] <= 1e-1 and t["values"]["optim.name"] in ("sgd", "adam")
+               for t in trials)
+    done = [t["value"] for t in trials if t["status"] == "done"]
+    assert done == sorted(done, reverse=True) and trials[0]["status"] == "done"
+    assert len(read_csv(Path(result["sweep_dir"]))) == 3
+
+
+@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna not installed (pip install -e '.[sweep]')")
+def test_pruning_callback_stops_the_run_when_optuna_prunes() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    trial = study.ask()
+
+    class FakeTrainer:
+        should_stop = False
+
+    trainer = FakeTrainer()
+    callback = OptunaPruning(trial, "val/acc")
+    callback.on_epoch_end(trainer, 1, {"val/acc": 0.9})  # above the threshold: goes on
+    assert not trainer.should_stop and callback.pruned_at is None
+    callback.on_epoch_end(trainer, 2, {"val/acc": 0.1})
+    assert trainer.should_stop and callback.pruned_at == 2
+    assert study.trials[0].intermediate_values == {1: 0.9, 2: 0.1}
