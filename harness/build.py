@@ -113,15 +113,11 @@ def _init_path(pattern: str) -> Path:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from harness.checkpoint import FORMAT
+    from harness.checkpoint import FORMAT, load_file
 
     if not path.is_file():
         raise HarnessError(f"model.init_from: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickled code objects...
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise HarnessError(f"model.init_from {path}: cannot be read ({reason})") from None
+    state = load_file(path, f"model.init_from {path}")
     if isinstance(state, dict) and state.get("format") == FORMAT:  # a harness checkpoint
         state = state.get("model")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -354,9 +350,10 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
         head = _take(source.holdout, torch.arange(min(n, overfit_batches * cfg.batch_size)))
         same = loader(head, cfg.batch_size, shuffle=False)
         return Data(same, same, test, classes, len(classes))
+    own_val = indices is None and source.val is not None  # data.val_size is then not used
     if indices is not None:
         train_idx, val_idx = indices
-    elif source.val is not None:  # the source's own validation split; data.val_size is not used
+    elif own_val:
         train_idx, val_idx = torch.arange(n), torch.arange(0)
     else:
         if cfg.val_size >= n:
@@ -367,11 +364,13 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
             raise HarnessError(f"data.train_size={cfg.train_size} is more than the {len(train_idx)} training "
                                "images left after the validation hold-out")
         train_idx = train_idx[random_subset(len(train_idx), cfg.train_size, seed)]
-    if source.val is not None:
+    if own_val:
         val = loader(source.val, cfg.eval_batch_size, shuffle=False)
     else:
         val = loader(_take(source.holdout, val_idx), cfg.eval_batch_size, shuffle=False) if len(val_idx) else None
-    train = loader(_take(source.train, train_idx), cfg.batch_size, shuffle=True, augment=augment)
+    everything = len(train_idx) == n  # all of it (the indices are sorted): use it as is, no copy
+    train = loader(source.train if everything else _take(source.train, train_idx), cfg.batch_size, shuffle=True,
+                   augment=augment)
     return Data(train=train, val=val, test=test, classes=classes, num_classes=len(classes))
 
 

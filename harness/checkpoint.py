@@ -62,16 +62,22 @@ def save_checkpoint(trainer: Trainer, path: str | Path, extra: dict[str, Any] | 
     return Path(path)
 
 
+def load_file(path: Path, where: str, as_what: str = "") -> Any:
+    """torch.load on the CPU with weights_only (no code runs); an unreadable file is one HarnessError
+    line: `<where>: cannot be read<as_what> (<reason>)`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickled code objects...
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise HarnessError(f"{where}: cannot be read{as_what} ({reason})") from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint file; HarnessError names the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickled code objects...
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise HarnessError(f"{path}: cannot be read as a checkpoint ({reason})") from None
+    state = load_file(path, str(path), " as a checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise HarnessError(f"{path}: not a harness checkpoint (expected keys {list(REQUIRED_KEYS)}, found {found})")

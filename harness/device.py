@@ -40,7 +40,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in a (nested) tuple / list / dict batch; non_blocking overlaps copies from pinned memory."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        # The fast path's batches are made on the device already: skip .to()'s dispatch (~4 us a step).
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return {k: move_to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

@@ -119,4 +119,16 @@ def real_data_dir() -> Path | None:
     return None
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they thrash.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 requires_mnist = pytest.mark.skipif(real_data_dir() is None, reason="real MNIST not found (../shared/data)")

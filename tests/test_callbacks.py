@@ -22,14 +22,7 @@ from harness.config import validate_recipe
 from harness.data import TensorLoader
 from harness.run import Run
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def batches(n_batches: int = 3, size: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -31,13 +31,7 @@ TIMING = {"epoch_seconds", "samples_per_s"}
 MLP_RECIPE, CNN_RECIPE = str(REPO / "recipes" / "mnist_mlp.yaml"), str(REPO / "recipes" / "mnist.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ------------------------------------------------------------------ tiny data, model and trainer

@@ -21,14 +21,7 @@ from harness.metrics import Accuracy
 from harness.train import main
 from models import MLP
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def loader(n: int, batch_size: int, seed: int = 0, shuffle: bool = True) -> TensorLoader:
