@@ -296,7 +296,7 @@ def load_data_source(cfg: DataConfig) -> DataSource:
             return None
         if isinstance(split, ImageTensors):
             return subset_classes(split, cfg.classes)
-        if _is_loader(split):
+        if is_loader(split):
             raise HarnessError(f"data.classes: {cfg.name} gave a loader; class subsets need datasets")
         return select_classes(split, cfg.classes, source.classes)
 
@@ -326,7 +326,7 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
             return TensorLoader(split.images, split.targets, batch_size, mean=split.mean, std=split.std,
                                 shuffle=shuffle, seed=seed, device=device, channels_last=channels_last,
                                 rank=rank, world_size=world_size, augment=augment)
-        if _is_loader(split):
+        if is_loader(split):
             return split
         return make_dataloader(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
@@ -334,7 +334,7 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
 
     classes = source.classes
     test = loader(source.test, cfg.eval_batch_size, shuffle=False)
-    if _is_loader(source.train):  # an import function's own loaders: nothing to split or subsample
+    if is_loader(source.train):  # an import function's own loaders: nothing to split or subsample
         if overfit_batches or indices is not None or cfg.train_size is not None:
             raise HarnessError(f"{cfg.name} gave a training loader: trainer.overfit_batches, data.train_size "
                                "and cross-validation need a dataset")
@@ -374,7 +374,7 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
     return Data(train=train, val=val, test=test, classes=classes, num_classes=len(classes))
 
 
-def _is_loader(split: Any) -> bool:
+def is_loader(split: Any) -> bool:
     """A ready loader (a DataLoader, or an iterable without __getitem__), not a dataset."""
     return isinstance(split, torch.utils.data.DataLoader) or not hasattr(split, "__getitem__")
 
@@ -482,7 +482,9 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     limit_val = 1 if t.fast_dev_run else (t.overfit_batches or t.limit_val_batches)
     batches = len(data.train) if limit_train is None else min(limit_train, len(data.train))
     epochs = 1 if t.fast_dev_run else t.epochs
-    scheduler, interval = build_scheduler(recipe.scheduler, optimizer, epochs,
+    # fast_dev_run's single batch leaves no room for a warmup: run the schedule without it.
+    schedule = recipe.scheduler.model_copy(update={"warmup_epochs": 0.0}) if t.fast_dev_run else recipe.scheduler
+    scheduler, interval = build_scheduler(schedule, optimizer, epochs,
                                           steps_per_epoch=math.ceil(batches / t.accumulate_grad_batches))
     callbacks: list[Callback] = []
     if t.ema is not None:

@@ -51,9 +51,9 @@ def cross_validate(recipe: Any, folds: int, recipe_path: str | Path | None = Non
     """
     from tqdm import tqdm
 
-    from harness.build import build_data, build_model, build_trainer, check_monitors
+    from harness.build import build_data, build_model, build_trainer, check_monitors, is_loader, load_data_source
     from harness.config import dump_yaml
-    from harness.data import load_dataset
+    from harness.data import ImageTensors, dataset_targets
     from harness.device import resolve_device
     from harness.errors import HarnessError
     from harness.folds import fold_splits, stratified_folds
@@ -68,8 +68,13 @@ def cross_validate(recipe: Any, folds: int, recipe_path: str | Path | None = Non
     device = resolve_device(t.device)
     check_monitors(recipe)
     build_model(recipe.model)  # a bad model name fails before the data is read
-    full = load_dataset(recipe.data.name, recipe.data.root, train=True, download=recipe.data.download)
-    splits = fold_splits(stratified_folds(full.targets, folds, seed=t.seed))
+    # The training split exactly as build_data sees it (data.classes applied, any source), so the
+    # fold indices index the same samples.
+    full = load_data_source(recipe.data).train
+    if is_loader(full):
+        raise HarnessError(f"{recipe.data.name} gave a training loader: cross-validation needs a dataset")
+    targets = full.targets if isinstance(full, ImageTensors) else dataset_targets(full)
+    splits = fold_splits(stratified_folds(targets, folds, seed=t.seed))
 
     parent = Path(recipe.logging.root) / f"{run_name(recipe, recipe_path)}-cv"
     cv_dir = None if t.fast_dev_run else new_run_folder(parent)

@@ -113,3 +113,15 @@ def test_cv_bad_folds_one_line_exit_2(tmp_path: Path, fake_mnist: Path, folds: s
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "folds" in err, err
     assert not (tmp_path / "runs").exists()  # nothing trained, no folder
+
+
+def test_cv_folds_the_same_samples_build_data_trains_on(tmp_path: Path, fake_mnist: Path) -> None:
+    """With data.classes the folds index the class subset (60 of the 200 images), not the full set."""
+    from harness.cv import main
+
+    args = cv_args(tmp_path, fake_mnist, "trainer.epochs=1", "data.classes=[0,1,2]", "model.args.num_classes=3")
+    assert main([*args, "--folds", "3"]) == 0
+    (cv_dir,) = (tmp_path / "runs" / "mnist_mlp-cv").iterdir()
+    result = json.loads((cv_dir / "cv.json").read_text())
+    assert [f["val_size"] for f in result["per_fold"]] == [20] * 3
+    assert all(f["train_size"] == 40 for f in result["per_fold"])
