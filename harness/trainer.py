@@ -201,36 +201,27 @@ class Trainer:
             train_data.set_epoch(self.epoch)  # the epoch's order depends on (seed, epoch) only: exact resume
         total = _num_batches(train_data, self.limit_train_batches)
         start = self.batch_in_epoch  # > 0 after resuming from a checkpoint written mid-epoch
-        batches = islice(train_data, start, total)
+        bar = EpochProgress(islice(train_data, start, total), None if total is None else total - start,
+                            f"epoch {self.epoch + 1}", self.progress)
         # One slot per batch: the loss stays on the device (no sync); NaN is located at the next check.
         step_losses = torch.zeros(total - start if total is not None else 0, device=self.device)
         sizes: list[int] = []
-        accumulate = self.accumulate_grad_batches
-        bar = EpochProgress(batches, None if total is None else total - start, f"epoch {self.epoch + 1}", self.progress)
-        checked = 0
         group_loss: Tensor | None = None  # sum of the losses of the current accumulation group
-        started = time.perf_counter()
-        distributed = is_distributed()
+        checked, started, distributed = 0, time.perf_counter(), is_distributed()
         for i, batch in enumerate(bar, start=start):
             batch = move_to_device(batch, self.device)
             with self._autocast():
                 loss = self.training_step(batch)
-            # Gradients of a group of N batches must equal one batch N times larger: divide by the
-            # group's size (the last group of an epoch may be shorter).
-            group = accumulate if total is None else min(accumulate, total - (i // accumulate) * accumulate)
-            scaled = loss / group if group > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            self._backward(loss, i, total)
             # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
             # even when the group's last loss is finite.
             group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
-            step_ends = (i + 1) % accumulate == 0 or i + 1 == total
+            step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
             if step_ends:
                 self._optimizer_step(group_loss)
                 group_loss = None
             slot = i - start
-            if slot >= step_losses.numel():  # unknown length (plain iterable): grow as needed
-                step_losses = torch.cat([step_losses, torch.zeros(max(64, slot), device=self.device)])
-            step_losses[slot] = loss.detach()
+            step_losses = _record(step_losses, slot, loss)
             sizes.append(batch_size_of(batch))
             self.batch_in_epoch = i + 1
             self._call_batch_end(i, loss)
@@ -239,33 +230,49 @@ class Trainer:
                 bar.refresh(loss=loss.item(), samples_per_s=sum(sizes) / (time.perf_counter() - started))
                 self._check_finite(step_losses, checked, slot + 1, start)
                 checked = slot + 1
-                # Under torchrun all ranks must stop after the same step (or DDP's next all-reduce
-                # waits forever), so a signal is agreed on here, at the refresh interval.
-                if distributed and any_rank(self._signal is not None, self.device):
-                    self._signal = self._signal or signal.SIGTERM
+                if distributed and self._agree_on_signal():
                     break
             # Stop only after an optimizer step: gradients accumulated so far are not in a checkpoint.
             if self._signal is not None and not distributed and step_ends:
                 break
         self._check_finite(step_losses, checked, len(sizes), start)
+        train_loss = self._epoch_loss(step_losses, sizes)
+        bar.close(f"train/loss {train_loss:.4f}")
+        return {"train/loss": train_loss}
+
+    def _backward(self, loss: Tensor, batch_idx: int, total: int | None) -> None:
+        """Gradients of a group of N batches must equal one batch N times larger: divide by the
+        group's size (the last group of an epoch may be shorter), then backward (AMP-scaled for fp16)."""
+        n = self.accumulate_grad_batches
+        group = n if total is None else min(n, total - (batch_idx // n) * n)
+        scaled = loss / group if group > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+
+    def _agree_on_signal(self) -> bool:
+        """Under torchrun all ranks must stop after the same step (or DDP's next all-reduce waits
+        forever): a signal on any rank stops them all, agreed here at the refresh interval."""
+        if any_rank(self._signal is not None, self.device):
+            self._signal = self._signal or signal.SIGTERM
+            return True
+        return False
+
+    def _epoch_loss(self, step_losses: Tensor, sizes: list[int]) -> float:
+        """The epoch's mean loss over samples, summed over ranks (a no-op in one process), including the
+        batches done before a mid-epoch resume; keeps the partial sums when a signal cut the epoch short."""
         weights = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
-        samples = sum(sizes)
-        # Sums over all ranks (a no-op in one process): the logged loss is the global mean over samples.
         totals = torch.stack([(step_losses[: len(sizes)] * weights).sum().double(),
-                              torch.tensor(float(samples), dtype=torch.float64, device=self.device)])
+                              torch.tensor(float(sum(sizes)), dtype=torch.float64, device=self.device)])
         all_reduce_sum(totals)
         samples = int(totals[1])
         loss_sum = float(totals[0]) + self.partial_epoch["loss_sum"]
         seen = samples + self.partial_epoch["samples"]
-        train_loss = loss_sum / max(seen, 1)
         if self._signal is None:
             self.batch_in_epoch = 0
             self.partial_epoch = {"loss_sum": 0.0, "samples": 0}
         else:
             self.partial_epoch = {"loss_sum": loss_sum, "samples": seen}
         self.last_epoch_samples = samples
-        bar.close(f"train/loss {train_loss:.4f}")
-        return {"train/loss": train_loss}
+        return loss_sum / max(seen, 1)
 
     def _optimizer_step(self, loss: Tensor) -> None:
         if self.on_nonfinite == "skip" and not torch.isfinite(loss):  # host sync, only in "skip" mode
@@ -465,6 +472,14 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def _record(step_losses: Tensor, slot: int, loss: Tensor) -> Tensor:
+    """Store a step's loss on the device (no sync), growing the buffer for data of unknown length."""
+    if slot >= step_losses.numel():
+        step_losses = torch.cat([step_losses, torch.zeros(max(64, slot), device=step_losses.device)])
+    step_losses[slot] = loss.detach()
+    return step_losses
 
 
 def epoch_line(logs: Mapping[str, Any], epochs: int) -> str:
