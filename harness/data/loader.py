@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.data.tensor_loader import shard_indices, shard_size
+from harness.data.tensor_loader import check_rank, shard_indices, shard_size
 from harness.errors import HarnessError
 
 
@@ -28,8 +28,7 @@ class EpochSampler(Sampler[int]):
         self, dataset_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
     ) -> None:
         super().__init__()
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise HarnessError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_rank(rank, world_size)
         self.dataset_size = dataset_size
         self.shuffle = shuffle
         self.seed = seed

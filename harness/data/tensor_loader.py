@@ -33,6 +33,11 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise HarnessError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
 def shard_size(n: int, *, shuffle: bool, rank: int = 0, world_size: int = 1) -> int:
     """How many samples `shard_indices` gives `rank`, without drawing the permutation."""
     if shuffle:
@@ -54,8 +59,7 @@ def shard_indices(
     in size by at most one and no sample is counted twice, so metrics summed over ranks are
     exact. Ranks may then run one step more or fewer: reduce metrics after the loop, not per step.
     """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise HarnessError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    check_rank(rank, world_size)
     if not shuffle:
         return torch.arange(rank, n, world_size)
     order = epoch_permutation(n, seed, epoch)
@@ -149,8 +153,7 @@ class TensorLoader:
             raise ValueError(f"images have {images.shape[1]} channels but mean/std have {len(mean)}")
         if batch_size < 1:
             raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise HarnessError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_rank(rank, world_size)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Metric
+from .base import Metric, check_device
 
 
 class MeanMetric(Metric):
@@ -37,10 +37,10 @@ class MeanMetric(Metric):
             # torch.full launches a fill kernel; torch.tensor(value, device="cuda") would copy
             # from host memory and wait for the GPU.
             value = torch.full((), float(value), dtype=torch.float64, device=self.device)
-        self._check_device(value, "value")
+        check_device(self.device, value=value)
         value = value.detach().double()
         if isinstance(weight, Tensor):
-            self._check_device(weight, "weight")
+            check_device(self.device, weight=weight)
             value, weight = torch.broadcast_tensors(value, weight.detach().double())
             self.weighted_sum += (value * weight).sum()
             self.weight_sum += weight.sum()
@@ -49,14 +49,6 @@ class MeanMetric(Metric):
             weight = float(weight)
             self.weighted_sum += value.sum() * weight
             self.weight_sum += weight * value.numel()
-
-    def _check_device(self, tensor: Tensor, name: str) -> None:
-        # Copying a CUDA value to CPU states would sync every batch: ask for .to(device) instead.
-        if tensor.device != self.device:
-            raise ValueError(
-                f"metric states are on {self.device} but {name} is on {tensor.device}: "
-                "call metric.to(device) once before updating"
-            )
 
     def compute(self) -> Tensor:
         """The weighted mean as a float64 scalar tensor (NaN if the total weight is 0)."""

@@ -7,6 +7,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def check_device(device: torch.device, **tensors: Tensor) -> None:
+    """Inputs must already be on the states' device: copying them over would sync every batch."""
+    for name, tensor in tensors.items():
+        if tensor.device != device:
+            raise ValueError(
+                f"metric states are on {device} but {name} is on {tensor.device}: "
+                "call metric.to(device) once before updating"
+            )
+
+
 class Metric:
     """A metric accumulates state tensors over batches and derives its value at the end.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Metric
+from .base import Metric, check_device
 from .functional import (
     AVERAGES,
     NORMALIZE_MODES,
@@ -54,11 +54,7 @@ def _check_target(preds: Tensor, target: Tensor, device: torch.device) -> None:
             f"preds and target disagree on N: preds {tuple(preds.shape)}, "
             f"target {tuple(target.shape)}"
         )
-    if preds.device != device or target.device != device:
-        raise ValueError(
-            f"metric states are on {device} but preds on {preds.device} and target on "
-            f"{target.device}: call metric.to(device) once before updating"
-        )
+    check_device(device, preds=preds, target=target)
 
 
 class Accuracy(Metric):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Metric
+from .base import Metric, check_device
 
 MULTIOUTPUT_MODES = ("uniform_average", "raw_values")
 
@@ -22,11 +22,7 @@ def _check_pair(preds: Tensor, target: Tensor, device: torch.device) -> None:
             f"preds and target must have the same shape, got preds {tuple(preds.shape)} and "
             f"target {tuple(target.shape)} (squeeze a trailing dim of size 1?)"
         )
-    if preds.device != device or target.device != device:
-        raise ValueError(
-            f"metric states are on {device} but preds on {preds.device} and target on "
-            f"{target.device}: call metric.to(device) once before updating"
-        )
+    check_device(device, preds=preds, target=target)
 
 
 class MeanSquaredError(Metric):
