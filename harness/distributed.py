@@ -8,6 +8,7 @@ collectives so a dead peer ends the job with an error instead of a hang.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -57,6 +58,10 @@ def current() -> DistInfo:
     return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
 
 
+def process_group_is_up() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -96,6 +101,30 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(succeeded: bool = True) -> None:
+    """Tear the process group down. After a successful command every rank first waits for the others
+    (a barrier), so a rank that finished early cannot leave, and let torchrun stop the job, while
+    rank 0 is still writing its files. After an error there is no barrier: the other ranks may be
+    stuck in a collective that will never complete, and waiting for them would hang until the timeout."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if succeeded and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def exit_without_finalizing(code: int) -> None:
+    """End a torchrun worker at once with `code`, skipping the interpreter's own teardown.
+
+    Why: a Gloo process group that DistributedDataParallel used outlives `destroy_process_group()`
+    (DDP keeps a reference to it in C++), so its worker threads are still running when Python
+    finalises. Each of them may still be releasing the Work object of the last collective, which
+    holds Python thread-local state; releasing it needs the GIL, and a thread that asks for the GIL
+    during finalisation is ended with pthread_exit, which unwinds through a noexcept destructor:
+    `terminate called without an active exception`, SIGABRT, and torchrun kills the other ranks.
+    Called after every file is closed and the process group is destroyed, with stdout and stderr
+    flushed here, so nothing the command produced is lost by skipping the finalisation.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
