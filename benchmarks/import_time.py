@@ -26,7 +26,7 @@ STATEMENTS = {
     "import torch": "import torch",
     "import torch, harness; harness.Trainer": "import torch, harness; harness.Trainer",
     "from harness.train import main": "from harness.train import main",
-    "import harness.build (all parts of a run)": "import harness.build",
+    "import harness.recipe.parts (all parts of a run)": "import harness.recipe.parts",
 }
 OPTIONAL = {"import lightning": "lightning", "import ignite.engine": "ignite"}
 TARGET_S = 0.3

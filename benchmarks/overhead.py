@@ -274,9 +274,10 @@ class HarnessContender:
     """The harness as `python -m harness.train` builds it, minus checkpoints, one `fit` epoch at a time."""
 
     def __init__(self, setup: Setup) -> None:
-        from harness.build import build_data, build_model, build_trainer
-        from harness.callbacks import ModelCheckpoint
-        from harness.config import load_recipe, validate_recipe
+        from harness.core.callbacks import ModelCheckpoint
+        from harness.recipe.build import build_model, build_trainer
+        from harness.recipe.data import build_data
+        from harness.recipe.schema import load_recipe, validate_recipe
 
         overrides = [f"optim.lr={LR}", "optim.weight_decay=0", "scheduler.name=none",
                      f"data.batch_size={setup.batch_size}", f"data.eval_batch_size={EVAL_BATCH}",
@@ -295,7 +296,8 @@ class HarnessContender:
         self.data = build_data(recipe.data, setup.device, setup.seed)
         self.log_dir = tempfile.TemporaryDirectory(prefix="harness-bench-")
         torch.manual_seed(setup.seed)
-        self.trainer = build_trainer(recipe, build_model(recipe.model), self.data, Path(self.log_dir.name))
+        self.trainer = build_trainer(recipe, build_model(recipe.model), self.data, Path(self.log_dir.name),
+                                     setup.device)
         # The benchmark compares loops; checkpoint files are not part of the other contenders' work.
         self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, ModelCheckpoint)]
 
@@ -561,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                                "models": {}}
     tables, notes = [], []
     for model_name in ("mlp", "cnn") if args.model == "both" else (args.model,):
-        from harness.config import load_recipe
+        from harness.recipe.schema import load_recipe
 
         setup = Setup(model_name, load_recipe(RECIPES[model_name]).model.args, device, args.precision,
                       args.batch_size, args.seed, QUICK_TRAIN_BATCHES if args.quick else None,

@@ -1,10 +1,13 @@
-"""What every command does with errors: one line on stderr and a meaningful exit code."""
+"""What every command shares: its argument parser's frame, and errors as one line on stderr with a
+meaningful exit code."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -13,17 +16,29 @@ from harness.errors import HarnessError
 EXIT_BAD_INPUT = 2
 
 
+def command_parser(command: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """The parser of `python -m harness.<command>`: its one-line description, then the examples after
+    the options (kept as written)."""
+    return argparse.ArgumentParser(prog=f"python -m harness.{command}", description=description, epilog=examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def run_command(command: Callable[[], Any]) -> int:
     """Run `command`; bad input -> exit 2, NaN halt -> 1, SIGINT -> 130, SIGTERM -> 143. No tracebacks
     for these; a genuine bug still shows its traceback.
 
     A torchrun worker (a process group is up when the command ends) tears the group down after the
     other ranks have finished too and then exits at once with its code: see
-    `harness.distributed.exit_without_finalizing` for why it must not go through interpreter shutdown.
+    `harness.core.distributed.exit_without_finalizing` for why it must not go through interpreter shutdown.
     """
-    # Inside the function: these import torch, and `--help` should not wait for it.
-    from harness.distributed import cleanup, exit_without_finalizing, is_main_process, process_group_is_up
-    from harness.trainer import NonFiniteLossError, TrainingInterrupted
+    # Imported here, not at the top: these import torch, and `--help` should not wait for it.
+    from harness.core.distributed import (  # noqa: PLC0415
+        cleanup,
+        exit_without_finalizing,
+        is_main_process,
+        process_group_is_up,
+    )
+    from harness.core.trainer import NonFiniteLossError, TrainingInterrupted  # noqa: PLC0415
 
     code = 1  # a genuine bug: the traceback propagates, and a torchrun worker still exits non-zero
     try:
@@ -44,8 +59,6 @@ def run_command(command: Callable[[], Any]) -> int:
         cleanup(succeeded=code == 0)
         if worker:
             if sys.exc_info()[0] is not None:  # a genuine bug: show its traceback before leaving
-                import traceback
-
                 traceback.print_exc()
             exit_without_finalizing(code)
     return code

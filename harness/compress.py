@@ -1,212 +1,23 @@
 """`python -m harness.compress RECIPE --checkpoint PATH [--sparsities 0.3,0.5,0.7,0.9]`: smaller models, scored.
 
-Variants of the checkpoint's model, each scored on the recipe's whole test split by the Trainer's own
-validation pass with the metrics `harness.evaluate` uses (one confusion matrix -> accuracy, macro
-F1; plus the loss), so the original's row equals what `harness.evaluate` reports:
-
-    original     the checkpoint's weights (EMA when the recipe has trainer.ema, as evaluate)
-    pruned N%    global magnitude pruning: the N % smallest |w| over all Linear and Conv weights
-                 together are set to 0 (`prune.global_unstructured` + `L1Unstructured`, then
-                 `prune.remove`, so the zeros are plain weights); biases and norms are kept; no fine-tuning
-    int8         dynamic quantization of the Linear layers (`torch.ao.quantization.quantize_dynamic`):
-                 int8 weights, activations quantized on the fly per batch; convolutions stay float
-
-Per variant: size on disk (the bytes `torch.save(model.state_dict())` writes; zeros still take 4
-bytes each there), the same file DEFLATE-compressed (zlib level 9, what zip and gzip use: this is
-where pruning's zeros pay off), and CPU latency (`harness.speed.measure_inference`, batch 1 and
-`data.eval_batch_size`). Everything runs on the CPU in float32: dynamic int8 kernels are CPU-only.
-
-Files, in runs/<name>-compress/<timestamp>/: config.yaml, compress.json (every figure),
-compress.md (the table). `compress(recipe, checkpoint)` is the same thing from Python.
+The command line of `harness.workflows.compression`: that module says what is done, how it is measured and
+which files are written.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import io
-import json
 import sys
-import time
-import warnings
-import zlib
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-from torch.nn.utils import prune
-
-from harness.cli import run_command
-from harness.config import MetricConfig, Recipe
-from harness.errors import HarnessError
-
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
+from harness.cli import command_parser, run_command
+from harness.recipe.choices import DEFAULT_SPARSITIES
 
 EXAMPLES = """examples:
   python -m harness.compress recipes/mnist_mlp.yaml --checkpoint runs/mnist_mlp/<time>/checkpoints/best.pt
   python -m harness.compress recipes/mnist.yaml --checkpoint CKPT --sparsities 0.5,0.8,0.95"""
 
 
-def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(module, "weight") for every Linear and Conv layer: what pruning works on."""
-    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
-
-
-def prune_global(model: nn.Module, sparsity: float) -> nn.Module:
-    """A copy of `model` with the `sparsity` fraction of smallest-magnitude Linear/Conv weights set to 0,
-    ranked over all those layers together (a layer that matters less loses more)."""
-    if not 0 <= sparsity < 1:
-        raise HarnessError(f"sparsity {sparsity}: must be in [0, 1)")
-    pruned = copy.deepcopy(model)
-    params = prunable_weights(pruned)
-    if not params:
-        raise HarnessError(f"{type(model).__name__} has no Linear or Conv layers to prune")
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
-    for module, name in params:
-        prune.remove(module, name)  # weight = weight_orig * mask, as a plain parameter again
-    return pruned
-
-
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exact zeros over all Linear/Conv weights."""
-    weights = [module.weight.detach() for module, _ in prunable_weights(model)]
-    zeros = sum(int((w == 0).sum()) for w in weights)
-    return zeros / sum(w.numel() for w in weights)
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose Linear layers hold int8 weights (dynamic quantization, CPU)."""
-    with warnings.catch_warnings():
-        # torch.ao.quantization announces its move to torchao; it is still the one API in torch for this.
-        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
-        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions .* are deprecated")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), {nn.Linear}, dtype=torch.qint8)
-
-
-def file_sizes(model: nn.Module) -> dict[str, int]:
-    """Bytes of `torch.save(model.state_dict())`, and of that file DEFLATE-compressed (zlib level 9)."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    raw = buffer.getvalue()
-    return {"state_dict_bytes": len(raw), "deflate_bytes": len(zlib.compress(raw, 9))}
-
-
-def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-             recipe_path: str | Path | None = None, *, warmup: int = 10, repeats: int = 100,
-             max_seconds: float | None = 2.0, write: bool = True, verbose: bool = True) -> dict[str, Any]:
-    """Prune at each of `sparsities`, quantize to int8, score and time every variant against the original.
-
-    `warmup` / `repeats` / `max_seconds` go to `harness.speed.measure_inference` for each variant
-    and batch size. Returns {"checkpoint", "device", "num_test_samples", "batch_sizes", "rows": [...]},
-    one row per variant; written to compress.json / compress.md with `write`.
-    """
-    from harness.build import build_data, build_metrics, build_trainer
-    from harness.export import load_model
-    from harness.report import classification_summary
-    from harness.seed import seed_everything
-    from harness.speed import measure_inference
-
-    sparsities = sorted(set(sparsities))
-    if any(not 0 < s < 1 for s in sparsities):
-        raise HarnessError(f"--sparsities {','.join(map(str, sparsities))}: each must be between 0 and 1 (exclusive)")
-    # CPU and float32 whatever the recipe trained with: the int8 kernels are CPU-only, and every row
-    # must be timed on the same device.
-    recipe = recipe.model_copy(deep=True)
-    recipe.trainer.device, recipe.trainer.precision = "cpu", "32"
-    recipe.trainer.compile, recipe.trainer.channels_last = False, False
-    model, state = load_model(recipe, checkpoint)
-    seed_everything(recipe.trainer.seed)
-    data = build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed)
-    trainer = build_trainer(recipe, model, data, run_dir=None)
-    trainer.limit_val_batches = None  # the whole test split, as harness.evaluate
-    trainer.metrics = build_metrics({"confusion_matrix": MetricConfig(type="confusion_matrix")}, data.num_classes)
-    example, _ = next(iter(data.test))
-    batch_sizes = (1, recipe.data.eval_batch_size)
-
-    variants: list[tuple[str, nn.Module, float | None]] = [("original", model, 0.0)]
-    for s in sparsities:
-        variants.append((f"pruned {100 * s:g}%", prune_global(model, s), s))
-    variants.append(("int8 dynamic (Linear)", quantize_int8(model), None))
-
-    rows = []
-    for name, variant, target in variants:
-        variant.eval()
-        started = time.perf_counter()
-        trainer.model = trainer.eval_model = variant  # the same Trainer, loss and metrics for every row
-        scores = trainer.evaluate(data.test)
-        summary = classification_summary(scores["confusion_matrix"], data.classes)
-        speed = measure_inference(variant, example, batch_sizes, warmup=warmup, repeats=repeats,
-                                  max_seconds=max_seconds, device="cpu")
-        rows.append({
-            "name": name,
-            "target_sparsity": target,
-            # int8 weights are packed inside the quantized layers: not counted
-            "weight_sparsity": weight_sparsity(variant) if target is not None else None,
-            "int8_linear_layers": sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in variant.modules()),
-            "loss": scores["loss"],
-            "accuracy": summary["accuracy"],
-            "f1_macro": summary["averages"]["macro"]["f1"],
-            **file_sizes(variant),
-            # keyed by the batch size as text, as JSON keys are
-            "latency_ms_p50": {str(b["batch_size"]): b["latency_ms"]["p50"] for b in speed["batches"]},
-            "samples_per_s": {str(b["batch_size"]): b["throughput_samples_per_s"] for b in speed["batches"]},
-            "seconds": round(time.perf_counter() - started, 3),
-        })
-    trainer.close()
-    report: dict[str, Any] = {
-        "recipe": str(recipe_path) if recipe_path else None,
-        "checkpoint": str(checkpoint),
-        "epoch": state["epoch"],
-        "device": f"cpu ({speed['device_name']}, {speed['threads']} threads)",  # the same for every row
-        "num_test_samples": summary["support"],
-        "batch_sizes": list(batch_sizes),
-        "size_note": "state_dict: bytes of torch.save(model.state_dict()); deflated: that file compressed with "
-                     "zlib level 9 (DEFLATE, as zip/gzip)",
-        "rows": rows,
-    }
-    if write:
-        from harness.checkpoint import atomic_save
-        from harness.config import dump_yaml
-        from harness.run import new_run_folder, run_name
-
-        run_dir = new_run_folder(Path(recipe.logging.root) / f"{run_name(recipe, recipe_path)}-compress")
-        report["run_dir"] = str(run_dir)
-        (run_dir / "config.yaml").write_text(dump_yaml(recipe))
-        atomic_save(json.dumps(report, indent=2).encode(), run_dir / "compress.json", raw=True)
-        (run_dir / "compress.md").write_text(format_table(report) + "\n")
-    if verbose:
-        print(format_table(report), flush=True)
-        if write:
-            print(f"wrote {report['run_dir']}/compress.json and compress.md", flush=True)
-    return report
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The Markdown table of a `compress` report: one row per variant, the original first."""
-    small, large = (str(b) for b in report["batch_sizes"])
-    base = report["rows"][0]
-    lines = [
-        f"{report['checkpoint']} (epoch {report['epoch']}), {report['num_test_samples']} test images, "
-        f"{report['device']}",
-        "",
-        f"| model | zeros in Linear/Conv weights | test acc | Δ acc (points) | macro F1 | state_dict MB "
-        f"| deflated MB | p50 ms, batch {small} | samples/s, batch {large} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in report["rows"]:
-        zeros = "n/a" if row["weight_sparsity"] is None else f"{100 * row['weight_sparsity']:.1f} %"
-        delta = 100 * (row["accuracy"] - base["accuracy"])
-        lines.append(
-            f"| {row['name']} | {zeros} | {100 * row['accuracy']:.2f} % | {delta:+.2f} | {row['f1_macro']:.4f} "
-            f"| {row['state_dict_bytes'] / 1e6:.3f} | {row['deflate_bytes'] / 1e6:.3f} "
-            f"| {row['latency_ms_p50'][small]:.3f} | {row['samples_per_s'][large]:,.0f} |")
-    return "\n".join(lines)
-
-
-def _parse_sparsities(text: str) -> list[float]:
+def parse_sparsities(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -214,15 +25,12 @@ def _parse_sparsities(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness.compress", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("compress", __doc__.splitlines()[0], EXAMPLES)
     parser.add_argument("recipe", help="the YAML recipe the checkpoint was trained with")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.eval_batch_size=500")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="e.g. runs/mnist/<time>/checkpoints/best.pt")
-    parser.add_argument("--sparsities", type=_parse_sparsities, default=list(DEFAULT_SPARSITIES),
+    parser.add_argument("--sparsities", type=parse_sparsities, default=list(DEFAULT_SPARSITIES),
                         help="fractions of Linear/Conv weights to prune, comma-separated (default 0.3,0.5,0.7,0.9)")
     return parser.parse_intermixed_args(argv)
 
@@ -231,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def command() -> None:
-        from harness.config import load_recipe
+        # Imported here, not at the top: the workflow imports torch, and `--help` should not wait for it.
+        from harness.recipe.schema import load_recipe  # noqa: PLC0415
+        from harness.workflows.compression import compress  # noqa: PLC0415
 
         compress(load_recipe(args.recipe, args.overrides), args.checkpoint, args.sparsities, args.recipe)
 

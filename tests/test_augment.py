@@ -6,10 +6,10 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from harness.build import build_data
-from harness.config import AugmentConfig, DataConfig
 from harness.data import BatchAugment, TensorLoader, augment_transforms
 from harness.errors import HarnessError
+from harness.recipe.data import build_data
+from harness.recipe.schema import AugmentConfig, DataConfig
 
 
 @pytest.fixture

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from harness import HarnessError, Trainer
-from harness.build import Data, build_trainer
-from harness.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
-from harness.checkpoint import read_checkpoint
-from harness.config import validate_recipe
+from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
+from harness.core.checkpoint import read_checkpoint
 from harness.data import TensorLoader
-from harness.run import Run
+from harness.recipe.build import build_trainer
+from harness.recipe.data import Data
+from harness.recipe.schema import validate_recipe
+from harness.workflows.training import Run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -270,5 +271,6 @@ def test_a_monitor_that_is_never_logged_fails_before_the_first_step() -> None:
     ]:
         recipe = validate_recipe({"model": model, "trainer": {"device": "cpu", **trainer_cfg}})
         with pytest.raises(HarnessError, match=message):
-            build_trainer(recipe, nn.Linear(16, 3), data, run_dir=None, trainer_class=Counting)
+            build_trainer(recipe, nn.Linear(16, 3), data, run_dir=None, device=torch.device("cpu"),
+                          trainer_class=Counting)
     assert steps == []

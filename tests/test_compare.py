@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, write_fake_mnist
 
-from harness.compare import count_flops
+from harness.workflows.comparison import count_flops
 
 MLP, CNN = str(REPO / "recipes/mnist_mlp.yaml"), str(REPO / "recipes/mnist.yaml")
 
@@ -34,8 +34,8 @@ def test_compare_mlp_and_cnn_matches_evaluate(tmp_path: Path, fake_mnist: Path,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from harness.compare import main
-    from harness.config import load_recipe
-    from harness.evaluate import evaluate
+    from harness.recipe.schema import load_recipe
+    from harness.workflows.evaluation import evaluate
 
     assert main([MLP, CNN, *budget(tmp_path, fake_mnist), "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out

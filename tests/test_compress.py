@@ -15,10 +15,11 @@ import torch
 from conftest import REPO, write_idx
 from torch import nn
 
-from harness.compress import compress, file_sizes, main, prune_global, quantize_int8, weight_sparsity
-from harness.config import load_recipe
-from harness.evaluate import evaluate
-from harness.export import load_model
+from harness.compress import main
+from harness.recipe.schema import load_recipe
+from harness.recipe.weights import load_checkpoint_model
+from harness.workflows.compression import compress, file_sizes, prune_global, quantize_int8, weight_sparsity
+from harness.workflows.evaluation import evaluate
 from models import MnistCNN
 
 RECIPE = REPO / "recipes" / "mnist_mlp.yaml"
@@ -40,7 +41,7 @@ def write_learnable_mnist(root: Path, n_train: int = 600, n_test: int = 300, see
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from harness.train import train
+    from harness.workflows.training import train
 
     tmp = tmp_path_factory.mktemp("compress")
     write_learnable_mnist(tmp / "data")
@@ -91,7 +92,7 @@ def test_pruning_reaches_the_sparsity_and_shrinks_the_compressed_file(trained: d
     assert rows["pruned 90%"]["deflate_bytes"] < rows["pruned 50%"]["deflate_bytes"] < original["deflate_bytes"]
 
     # Directly on the model: zeros are plain weights (no masks left), biases untouched.
-    model, _ = load_model(trained["recipe"], trained["checkpoint"])
+    model, _, _ = load_checkpoint_model(trained["recipe"], trained["checkpoint"])
     pruned = prune_global(model, 0.7)
     assert weight_sparsity(pruned) == pytest.approx(0.7, abs=1e-4)
     assert weight_sparsity(model) < 0.001  # the original is not modified
@@ -124,7 +125,7 @@ def test_int8_has_quantized_linear_layers_and_keeps_accuracy(trained: dict) -> N
     assert abs(int8["accuracy"] - original["accuracy"]) < 0.03
     assert int8["state_dict_bytes"] < 0.3 * original["state_dict_bytes"]  # 1 byte per weight instead of 4
 
-    model, _ = load_model(trained["recipe"], trained["checkpoint"])
+    model, _, _ = load_checkpoint_model(trained["recipe"], trained["checkpoint"])
     quantized = quantize_int8(model)
     kinds = [type(m) for m in quantized.modules()]
     assert kinds.count(torch.ao.nn.quantized.dynamic.Linear) == 3 and nn.Linear not in kinds

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Recipe, load_recipe, parse_override
 from harness.errors import HarnessError
+from harness.recipe.schema import Recipe, load_recipe, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -17,7 +17,7 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_loads_and_builds(path: Path) -> None:
-    from harness.build import build_model, check_monitors
+    from harness.recipe.build import build_model, check_monitors
 
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO, write_fake_mnist
 
+from harness.data.folds import fold_splits, stratified_folds
 from harness.errors import HarnessError
-from harness.folds import fold_splits, stratified_folds
 
 UNEVEN = torch.tensor([0] * 7 + [1] * 3 + [2] * 12 + [3] * 5 + [5] * 4)  # class 4 absent, 31 samples
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from harness.build import build_data
-from harness.config import DataConfig, load_recipe
 from harness.data import EpochDataLoader, TensorLoader
 from harness.errors import HarnessError
+from harness.recipe.data import build_data
+from harness.recipe.schema import DataConfig, load_recipe
 
 
 def data_cfg(fake_data, name: str, **kwargs) -> DataConfig:

@@ -16,10 +16,11 @@ import pytest
 import torch
 from conftest import REPO, write_fake_mnist
 
-from harness.build import build_data, build_metrics, build_model
-from harness.checkpoint import read_checkpoint
-from harness.config import load_recipe
-from harness.trainer import Trainer
+from harness.core.checkpoint import read_checkpoint
+from harness.core.trainer import Trainer
+from harness.recipe.build import build_metrics, build_model
+from harness.recipe.data import build_data
+from harness.recipe.schema import load_recipe
 
 
 def free_port() -> int:
@@ -108,7 +109,7 @@ def test_killing_one_rank_ends_the_job_with_an_error(tmp_path: Path) -> None:
 
 def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
     """`torchrun -m harness.evaluate`: each rank scores its shard of the 101-image test split (odd)."""
-    from harness.evaluate import evaluate
+    from harness.workflows.evaluation import evaluate
 
     data = tmp_path / "data"
     write_fake_mnist(data, n_train=300, n_test=101)

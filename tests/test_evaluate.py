@@ -20,12 +20,15 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO, write_idx
 
-from harness.build import build_model
-from harness.checkpoint import read_checkpoint
-from harness.config import load_recipe
+from harness.core.checkpoint import read_checkpoint
+from harness.core.figures import confusion_matrix_figure
 from harness.errors import HarnessError
-from harness.evaluate import evaluate, main, output_dir
-from harness.report import classification_summary, confusion_matrix_figure, format_classification_report
+from harness.evaluate import main
+from harness.metrics.report import classification_summary, format_classification_report
+from harness.recipe.build import build_model
+from harness.recipe.run_folder import results_folder as output_dir
+from harness.recipe.schema import load_recipe
+from harness.workflows.evaluation import evaluate
 
 RECIPE = REPO / "recipes" / "mnist_mlp.yaml"
 CNN_RECIPE = REPO / "recipes" / "mnist.yaml"
@@ -55,7 +58,7 @@ OVERRIDES = ["trainer.epochs=1", "data.val_size=100", "data.batch_size=50", "dat
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """One short training run of the MLP recipe: (data root, test arrays, run folder, overrides)."""
-    from harness.train import train
+    from harness.workflows.training import train
 
     tmp = tmp_path_factory.mktemp("evaluate")
     arrays = write_learnable_mnist(tmp / "data")
@@ -138,7 +141,7 @@ def summary_val_acc(run_dir: Path) -> float:
 
 
 def test_ema_weights_are_scored_when_the_recipe_has_ema(trained, tmp_path: Path) -> None:
-    from harness.train import train
+    from harness.workflows.training import train
 
     recipe = load_recipe(RECIPE, [*trained["overrides"], "trainer.ema.decay=0.5", f"logging.root={tmp_path}"])
     summary = train(recipe, recipe_path=RECIPE)

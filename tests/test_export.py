@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import REPO, write_fake_mnist
 
-from harness.config import load_recipe
 from harness.errors import HarnessError
-from harness.export import example_batch, export, load_model, main
+from harness.export import main
+from harness.recipe.schema import load_recipe
+from harness.recipe.weights import load_checkpoint_model
+from harness.workflows.export import example_batch, export
 
 MLP_RECIPE = REPO / "recipes" / "mnist_mlp.yaml"
 CNN_RECIPE = REPO / "recipes" / "mnist.yaml"
@@ -24,7 +26,7 @@ TINY = ["trainer.epochs=1", "trainer.limit_train_batches=2", "data.val_size=20",
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """best.pt of a two-step run of the MLP and of the CNN (with BatchNorm) on fake MNIST."""
-    from harness.train import train
+    from harness.workflows.training import train
 
     tmp = tmp_path_factory.mktemp("export")
     write_fake_mnist(tmp / "data", n_train=100, n_test=50)
@@ -38,7 +40,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def reference_outputs(recipe_path: Path, checkpoint: Path, overrides: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     recipe = load_recipe(recipe_path, overrides)
-    model, _ = load_model(recipe, checkpoint)
+    model, _, _ = load_checkpoint_model(recipe, checkpoint)
     batch = example_batch(recipe, size=13)  # not the export batch (2) nor the check batch (37)
     with torch.no_grad():
         return batch, model(batch)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.callbacks import ModelCheckpoint
-from harness.loggers import JsonlLogger
+from harness.core.callbacks import ModelCheckpoint
+from harness.core.loggers import JsonlLogger
 
 
 def test_jsonl_logger_appends_and_purges_on_resume(tmp_path: Path) -> None:

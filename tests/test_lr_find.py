@@ -13,7 +13,8 @@ from conftest import REPO, write_fake_mnist
 from torch import nn
 
 from harness import Trainer
-from harness.lr_find import _suggest, find_lr, main
+from harness.lr_find import main
+from harness.workflows.lr_range import _suggest, find_lr
 
 
 def regression_batches(n_batches: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

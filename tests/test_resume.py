@@ -21,8 +21,8 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from harness import Trainer, TrainingInterrupted
-from harness.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
-from harness.checkpoint import atomic_save, read_checkpoint, save_checkpoint
+from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
+from harness.core.checkpoint import atomic_save, read_checkpoint
 from harness.data import TensorLoader
 from harness.metrics import Accuracy
 from harness.train import main
@@ -59,7 +59,7 @@ def dropout_trainer(checkpoints: Path, interval: str, epochs: int, extra: tuple[
         scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * 10)  # 10 batches per epoch
     else:
         scheduler = lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    callbacks = [EMA(0.9), EarlyStopping("val/loss", patience=10), ModelCheckpoint(checkpoints), *extra]
+    callbacks = [EMA(0.9), EarlyStopping("val/loss", mode="min", patience=10), ModelCheckpoint(checkpoints), *extra]
     return Trainer(model, optimizer, nn.CrossEntropyLoss(), {"acc": Accuracy(4)}, device="cpu", progress=False,
                    scheduler=scheduler, scheduler_interval=interval, callbacks=callbacks, log_every_n_steps=3,
                    accumulate_grad_batches=accumulate)
@@ -139,7 +139,7 @@ def _save_forever(trainer: Trainer, path: str, saved_once: Any) -> None:
     It only serialises (no tensor math): after fork, a thread pool the parent used may deadlock.
     """
     while True:
-        save_checkpoint(trainer, path)
+        trainer.save_checkpoint(path)
         saved_once.set()
         trainer.global_step += 1
 

@@ -12,12 +12,13 @@ from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
 from harness import Trainer
-from harness.build import Data, build_trainer
-from harness.callbacks import Callback
-from harness.config import SchedulerConfig, validate_recipe
+from harness.core.callbacks import Callback
 from harness.data import TensorLoader
 from harness.errors import HarnessError
-from harness.schedules import build_scheduler
+from harness.recipe.build import build_trainer
+from harness.recipe.data import Data
+from harness.recipe.schedules import build_scheduler
+from harness.recipe.schema import SchedulerConfig, validate_recipe
 from models import MLP
 
 LR = 0.1
@@ -133,7 +134,8 @@ def test_onecycle_counts_optimizer_steps_with_accumulation_and_limits() -> None:
     loader = TensorLoader(images, torch.randint(0, 3, (80,), generator=g), 8, mean=[0.5], std=[0.25])
     data = Data(train=loader, val=loader, test=loader, classes=["a", "b", "c"], num_classes=3)
     recorder = LRRecorder()
-    trainer = build_trainer(recipe, MLP(16, [8], 3), data, run_dir=None, extra_callbacks=[recorder])
+    trainer = build_trainer(recipe, MLP(16, [8], 3), data, run_dir=None, device=torch.device("cpu"),
+                            extra_callbacks=[recorder])
     trainer.fit(data.train, data.val, epochs=2)
     assert trainer.global_step == 2 * math.ceil(7 / 3)
     assert trainer.scheduler.last_epoch == trainer.global_step  # one scheduler step per optimizer step

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from harness.speed import format_speed, measure_inference, model_size
+from harness.core.speed import format_speed, measure_inference, model_size
 from models import MLP, MnistCNN
 
 

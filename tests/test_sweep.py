@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO, write_fake_mnist
 
 from harness.errors import HarnessError
-from harness.sweep import OptunaPruning, Range, grid_trials, parse_grid, parse_range, random_trials
+from harness.workflows.search import OptunaPruning, Range, grid_trials, parse_grid, parse_range, random_trials
 
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 
@@ -163,7 +163,7 @@ def test_optuna_missing_says_how_to_install(tmp_path: Path, fake_mnist: Path, mo
 
 @pytest.mark.skipif(not HAS_OPTUNA, reason="optuna not installed (pip install -e '.[sweep]')")
 def test_optuna_runs_trials(tmp_path: Path, fake_mnist: Path) -> None:
-    from harness.sweep import sweep
+    from harness.workflows.search import sweep
 
     result = sweep(REPO / "recipes/mnist_mlp.yaml", sweep_args(tmp_path, fake_mnist)[1:], optuna=3,
                    ranges={"optim.lr": Range(1e-4, 1e-1, log=True)}, grid={"optim.name": ["sgd", "adam"]}, seed=0)

@@ -170,7 +170,7 @@ def test_duck_typed_metric_plugs_in_without_adapters() -> None:
 def test_device_auto_is_cpu_here_and_cuda_request_fails_clearly() -> None:
     import pytest
 
-    from harness.device import resolve_device
+    from harness.core.device import resolve_device
     from harness.errors import HarnessError
 
     if not torch.cuda.is_available():

@@ -13,11 +13,12 @@ from conftest import REPO
 from torch import nn
 
 from harness import NonFiniteLossError, Trainer
-from harness.build import build_data, build_trainer
-from harness.callbacks import Callback, ModelCheckpoint
-from harness.config import validate_recipe
+from harness.core.callbacks import Callback, ModelCheckpoint
 from harness.data import TensorLoader
 from harness.metrics import Accuracy
+from harness.recipe.build import build_trainer
+from harness.recipe.data import build_data
+from harness.recipe.schema import validate_recipe
 from harness.train import main
 from models import MLP
 
@@ -224,7 +225,7 @@ def test_overfit_batches_memorises_those_batches(fake_data) -> None:
     torch.manual_seed(0)
     data = build_data(recipe.data, torch.device("cpu"), seed=0, overfit_batches=2)
     assert data.val is data.train and len(data.train) == 2  # the same 16 images, in a fixed order
-    trainer = build_trainer(recipe, MLP(784, [64], 10), data, run_dir=None)
+    trainer = build_trainer(recipe, MLP(784, [64], 10), data, run_dir=None, device=torch.device("cpu"))
     history = trainer.fit(data.train, data.val, epochs=recipe.trainer.epochs)
     assert history[0]["val/acc"] < 0.5  # random pixels, random labels: chance is 0.1
     assert history[-1]["val/acc"] == 1.0

@@ -13,18 +13,12 @@ from conftest import REPO
 from torch import nn
 
 from harness import Trainer
-from harness.build import (
-    build_data,
-    build_model,
-    build_trainer,
-    freeze_parameters,
-    init_model,
-    matches_prefix,
-    parameter_groups,
-)
-from harness.checkpoint import read_checkpoint, save_checkpoint
-from harness.config import ModelConfig, OptimConfig, validate_recipe
+from harness.core.checkpoint import read_checkpoint
 from harness.errors import HarnessError
+from harness.recipe.build import build_model, build_trainer, freeze_parameters, matches_prefix, parameter_groups
+from harness.recipe.data import build_data
+from harness.recipe.schema import ModelConfig, OptimConfig, validate_recipe
+from harness.recipe.weights import init_model
 
 HEAD = "classifier.4"  # the last Linear of models/cnn.py
 
@@ -41,7 +35,7 @@ def pretrained(tmp_path: Path) -> tuple[nn.Module, Path]:
     model, _ = cnn(5)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), device="cpu",
                       progress=False, loggers=[])
-    path = save_checkpoint(trainer, tmp_path / "best.pt")
+    path = trainer.save_checkpoint(tmp_path / "best.pt")
     return model, path
 
 
@@ -190,7 +184,7 @@ def test_frozen_parameters_stay_bit_identical_through_training(fake_data, tmp_pa
     model = build_model(r.model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = build_data(r.data, torch.device("cpu"), 0)
-    trainer = build_trainer(r, model, data, run_dir=None)
+    trainer = build_trainer(r, model, data, run_dir=None, device=torch.device("cpu"))
     assert trainer.optimizer.param_groups[0]["max_lr"] == 3e-2  # one-cycle peaks at the group's own lr
     trainer.fit(data.train, data.val, epochs=2)
     for name, param in model.named_parameters():

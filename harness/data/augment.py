@@ -105,7 +105,7 @@ class BatchAugment:
 
 def augment_transforms(crop_size: int | None = None, padding: int = 0, flip_p: float = 0.0) -> list[Any]:
     """The same ops as torchvision.transforms.v2 per-sample transforms (for the DataLoader path)."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # noqa: PLC0415  (torchvision: only the DataLoader path needs it)
 
     transforms: list[Any] = []
     if crop_size is not None:

@@ -197,7 +197,7 @@ def _one_line(e: BaseException) -> str:
 
 @functools.cache
 def _torchvision_class(class_name: str) -> type:
-    import torchvision.datasets as tvd  # here, not at the top: `import harness` must stay fast
+    import torchvision.datasets as tvd  # noqa: PLC0415  (not at the top: `import harness` must stay fast)
 
     base = getattr(tvd, class_name)
     if class_name != "CIFAR10":

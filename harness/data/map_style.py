@@ -57,7 +57,7 @@ class NormalizeCollate:
 
 def image_transform(image_size: int, augment: Sequence[Any] = ()) -> Any:
     """PIL image -> uint8 (C, image_size, image_size); `augment` runs on the resized uint8 image."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # noqa: PLC0415  (torchvision: slow to import, image folders only)
 
     return v2.Compose([
         v2.Resize((image_size, image_size)),  # on the PIL image: PIL's resampling, antialiased
@@ -80,7 +80,7 @@ def load_image_folder(
     `image_size` x `image_size` and augmented (training only) as uint8; `collate_fn` normalises
     the batches with `mean` / `std`.
     """
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # noqa: PLC0415  (as above)
 
     root = Path(root)
     layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (optional {root}/val/...)"

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from tqdm import tqdm
+
 
 class EpochProgress:
     """Wraps a batch iterable. `refresh(loss)` is called only every `log_every_n_steps` steps,
@@ -16,8 +18,6 @@ class EpochProgress:
         self.enabled = enabled
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
 
     def __iter__(self) -> Iterator[Any]:

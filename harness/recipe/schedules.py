@@ -11,8 +11,8 @@ import math
 
 from torch.optim import Optimizer, lr_scheduler
 
-from harness.config import SchedulerConfig
 from harness.errors import HarnessError
+from harness.recipe.schema import SchedulerConfig
 
 PER_EPOCH = {"step", "multistep", "exponential"}
 

@@ -1,25 +1,22 @@
-"""Classification reports from one confusion matrix: the figures, the text table, the picture.
+"""Classification reports from one confusion matrix: the figures and the text table.
 
 `classification_summary(confmat, classes)` derives everything per class and averaged from a
 `(C, C)` count matrix with `harness.metrics.functional` (no metric math here);
 `format_classification_report` lays it out like scikit-learn's `classification_report`;
-`format_confusion_matrix` prints the counts; `confusion_matrix_figure` draws the row-normalised
-matrix with matplotlib (imported only there, drawn with the Agg canvas: no window, no pyplot state).
+`format_confusion_matrix` prints the counts. (The picture of the matrix is drawn by
+`harness.core.figures.confusion_matrix_figure`.)
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from harness.metrics.functional import normalize_confusion_matrix, precision_recall_f1_from_confmat
-
-if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
+from harness.metrics.functional import precision_recall_f1_from_confmat
 
 AVERAGES = ("micro", "macro", "weighted")
 
@@ -89,52 +86,17 @@ def format_confusion_matrix(confmat: torch.Tensor | Sequence[Sequence[int]], cla
     return "\n".join([head, *rows])
 
 
-def confusion_matrix_figure(confmat: torch.Tensor | Sequence[Sequence[int]], classes: Sequence[str],
-                            title: str = "") -> Figure:
-    """The confusion matrix normalised by rows (each true class sums to 100 %), as a matplotlib Figure.
-
-    Colour and cell text are the row percentage (cells under 0.05 % are left blank); the y labels
-    carry each class's support. Rows = true class, columns = predicted, class names on both axes.
-    """
-    from matplotlib.figure import Figure
-
-    counts = torch.as_tensor(confmat, dtype=torch.int64)
-    rows = 100 * normalize_confusion_matrix(counts, "true").numpy()  # percent of each true class
-    n = len(classes)
-    size = max(4.0, 0.6 * n + 2.5)  # inches: room for names and a cell per class
-    fig = Figure(figsize=(size, size), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=100.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class (row)")
-    support = counts.sum(dim=1).tolist()
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), labels=[f"{name} ({s})" for name, s in zip(classes, support, strict=True)])
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class (support)")
-    if title:
-        ax.set_title(title)
-    fontsize = 8 if n <= 12 else 6
-    for i in range(n):
-        for j in range(n):
-            if rows[i, j] >= 0.05:
-                colour = "white" if rows[i, j] > 50 else "black"
-                ax.text(j, i, f"{rows[i, j]:.1f}", ha="center", va="center", fontsize=fontsize, color=colour)
-    return fig
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], markdown: bool = False) -> str:
+    """Left-aligned text columns (or a GitHub markdown table); cells are shown with str()."""
+    cells = [[str(c) for c in header], *([str(c) for c in row] for row in rows)]
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in cells]
+        lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render a Figure with the Agg canvas to an RGB uint8 array (H, W, 3), e.g. for TensorBoard."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write a Figure as PNG with the Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig).print_png(str(path))
-    return Path(path)
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan

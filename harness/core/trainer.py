@@ -19,11 +19,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from harness.callbacks import Callback, callback_key
-from harness.device import batch_size_of, move_to_device, resolve_device
-from harness.distributed import all_reduce_sum, any_rank, is_distributed, is_main_process
+from harness.core.callbacks import Callback, callback_key
+from harness.core.checkpoint import FORMAT, atomic_save, check_model_state, read_checkpoint
+from harness.core.device import batch_size_of, check_precision, move_to_device, resolve_device, unwrap_model
+from harness.core.distributed import all_reduce_sum, any_rank, is_distributed, is_main_process
+from harness.core.loggers import JsonlLogger, TensorBoardLogger
+from harness.core.progress import EpochProgress
+from harness.core.seed import get_rng_state, set_rng_state
+from harness.errors import HarnessError
 from harness.metrics import MeanMetric, Metric
-from harness.progress import EpochProgress
 
 Precision = Literal["32", "bf16", "16"]
 
@@ -45,7 +49,8 @@ class Trainer:
 
     Args:
         model: the network; moved to `device`.
-        optimizer: any `torch.optim.Optimizer` over the model's parameters.
+        optimizer: any `torch.optim.Optimizer` over the model's parameters; None for a Trainer that
+            only evaluates (`validate` / `evaluate`; `fit` refuses, and no DDP wrapper is built).
         loss_fn: any callable `(outputs, target) -> scalar loss`, e.g. `nn.CrossEntropyLoss()`.
         metrics: name -> metric object with `update(preds, target)`, `compute()`, `reset()`, `to(device)`
             (`harness.metrics` or torchmetrics). Computed on every validation / test pass.
@@ -65,7 +70,7 @@ class Trainer:
         limit_train_batches / limit_val_batches: use only the first N batches of each epoch / pass.
         compile: wrap the model in `torch.compile`.
 
-    Under torchrun (a process group is initialised, see `harness.distributed`) the model is wrapped in
+    Under torchrun (a process group is initialised, see `harness.core.distributed`) the model is wrapped in
     DistributedDataParallel, the epoch's train loss and every metric are summed over ranks, and only
     rank 0 logs and shows progress. Give each rank its own shard of the data (TensorLoader rank/world_size).
     """
@@ -73,7 +78,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         loss_fn: Any,
         metrics: Mapping[str, Any] | None = None,
         *,
@@ -98,10 +103,7 @@ class Trainer:
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun pinned this rank's GPU
-        if precision not in ("32", "bf16", "16"):
-            raise ValueError(f"precision {precision!r}: allowed are '32', 'bf16', '16'")
-        if precision == "16" and self.device.type != "cuda":
-            raise ValueError(f"precision '16' needs CUDA (device is {self.device.type}); use 'bf16' or '32'")
+        check_precision(precision, self.device)
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         model = model.to(self.device)
@@ -109,7 +111,7 @@ class Trainer:
         # Validation runs the bare module: DDP's forward broadcasts buffers, a collective that would
         # hang when ranks have different numbers of validation batches (shards are not padded).
         self.eval_model = model
-        if is_distributed():
+        if is_distributed() and optimizer is not None:  # evaluation needs no gradient all-reduce
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if compile:
@@ -162,10 +164,10 @@ class Trainer:
 
         Each history entry holds `epoch`, `train/loss`, `val/<metric>`, `lr`, `epoch_seconds`, `samples_per_s`.
         """
+        if self.optimizer is None:
+            raise ValueError("this Trainer has no optimizer: it can validate and evaluate, not fit")
         if resume_from is not None:
-            from harness.checkpoint import load_checkpoint
-
-            load_checkpoint(self, resume_from)
+            self.load_checkpoint(resume_from)
         self.train_data = train_data
         self._call("on_fit_start")
         with self._catch_signals():
@@ -210,7 +212,7 @@ class Trainer:
         checked, started, distributed = 0, time.perf_counter(), is_distributed()
         for i, batch in enumerate(bar, start=start):
             batch = move_to_device(batch, self.device)
-            with self._autocast():
+            with self.autocast():
                 loss = self.training_step(batch)
             self._backward(loss, i, total)
             # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
@@ -293,15 +295,32 @@ class Trainer:
                 nn.utils.clip_grad_value_(params, self.grad_clip_value)
             if self.grad_clip_norm is not None:
                 nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+        self._step_and_zero_grad()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.global_step += 1
+
+    def _step_and_zero_grad(self) -> None:
+        """The optimizer step (through the GradScaler for fp16, which skips steps with inf gradients)."""
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
-        self.global_step += 1
+
+    def train_step(self, batch: Any) -> Tensor:
+        """One forward, backward and optimizer step on one batch (already on the device), outside `fit`.
+
+        `training_step` under autocast, backward (loss-scaled for fp16), the optimizer step (through the
+        scaler for fp16), `zero_grad`. No accumulation, clipping, schedule or step count: for tools that
+        drive the learning rate themselves (`find_lr`). Returns the loss, on the device.
+        """
+        with self.autocast():
+            loss = self.training_step(batch)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self._step_and_zero_grad()
+        return loss
 
     def _check_finite(self, step_losses: Tensor, begin: int, end: int, first_batch: int) -> None:
         if self.on_nonfinite != "halt" or end <= begin:
@@ -331,7 +350,7 @@ class Trainer:
         try:
             for batch in islice(data, _num_batches(data, self.limit_val_batches)):
                 batch = move_to_device(batch, self.device)
-                with self._autocast():
+                with self.autocast():
                     loss, preds, target = self.validation_step(batch)
                 self.loss_metric.update(loss.detach(), weight=target.shape[0])
                 for metric in self.metrics.values():
@@ -409,15 +428,13 @@ class Trainer:
     def _default_loggers(self) -> list[Any]:
         if self.log_dir is None or not is_main_process():  # under torchrun only rank 0 writes
             return []
-        from harness.loggers import JsonlLogger, TensorBoardLogger
-
         # purge_step: after a resume, drop events a killed run wrote past the checkpoint.
         purge = self.epoch + 1 if self.epoch else None
         return [TensorBoardLogger(self.log_dir, purge_step=purge), JsonlLogger(self.log_dir / "history.jsonl", purge)]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs; see `harness.checkpoint` for what is added on save."""
+        """Everything an exact resume needs; see `save_checkpoint` for what is added on save."""
         return {
             "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -432,6 +449,53 @@ class Trainer:
             "data": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,
         }
 
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Restore what `state_dict` returned (the one place a Trainer's state is restored); the data
+        order and the RNGs are restored by `load_checkpoint`. `source` names the file in errors."""
+        self.load_weights(state, source)
+        if self.optimizer is not None:
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise HarnessError(f"{source}: optimizer state does not fit this optimizer ({e})") from None
+        for name in ("scheduler", "scaler"):
+            obj, saved = getattr(self, name), state.get(name)
+            if obj is not None and saved is None:
+                raise HarnessError(f"{source}: the run uses a {name} but the checkpoint has none")
+            if obj is not None:
+                obj.load_state_dict(saved)
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.batch_in_epoch = state.get("batch_in_epoch", 0)
+        self.partial_epoch = dict(state.get("partial_epoch") or {"loss_sum": 0.0, "samples": 0})
+        self.history = list(state["history"])
+
+    def load_weights(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """The model's weights and the callbacks' states (an EMA average) of a saved state, nothing else:
+        epoch, history and optimizer stay as they are (testing the best checkpoint after `fit`)."""
+        model = unwrap_model(self.model)
+        check_model_state(model, state["model"], source)
+        model.load_state_dict(state["model"])
+        saved_callbacks = state.get("callbacks", {})
+        for i, callback in enumerate(self.callbacks):
+            key = callback_key(callback, i)
+            if key in saved_callbacks:
+                callback.load_state_dict(saved_callbacks[key])
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write `state_dict()`, the RNG states and `extra` to `path` atomically (see `harness.core.checkpoint`)."""
+        state = self.state_dict()
+        state.update(format=FORMAT, rng=get_rng_state(), extra=extra or {})
+        atomic_save(state, path)
+        return Path(path)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore this Trainer and the global RNGs from `path` for an exact resume; returns the raw state."""
+        state = read_checkpoint(path)
+        self.load_state_dict(state, source=str(path))
+        set_rng_state(state["rng"])
+        return state
+
     # ------------------------------------------------------------------ internals
     def _call(self, event: str, *args: Any) -> None:
         getattr(self, event)(*args)
@@ -443,7 +507,8 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_batch_end(self, batch_idx, loss)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of `precision` ("32": none); `training_step` and `validation_step` run in it."""
         if self.precision == "32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -488,17 +553,6 @@ def epoch_line(logs: Mapping[str, Any], epochs: int) -> str:
                       if isinstance(v, float) and k not in ("epoch_seconds", "samples_per_s"))
     return (f"epoch {logs['epoch']}/{epochs}  {shown}  {logs['epoch_seconds']:.1f}s  "
             f"{logs['samples_per_s']:.0f} samples/s")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _num_batches(data: Iterable[Any], limit: int | None) -> int | None:

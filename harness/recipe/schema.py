@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.core.callbacks import DEFAULT_MODE, DEFAULT_MONITOR
+from harness.data.datasets import DATASETS  # the registry is the one list of built-in data set names
 from harness.errors import HarnessError
 
 
@@ -67,8 +69,6 @@ class DataConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from harness.data.datasets import DATASETS  # the registry is the one list of built-in names
-
         choices = [*DATASETS, "image_folder"]
         module, _, function = name.removeprefix("import:").partition(":")
         if name in choices or (name.startswith("import:") and module and function):
@@ -135,8 +135,8 @@ class TrainerConfig(Section):
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-this
     on_nonfinite: Literal["halt", "skip"] = "halt"  # NaN/inf loss: stop, or drop the step (one sync/step)
     max_nonfinite_skips: int = Field(10, gt=0)  # with skip: halt after this many in a row
-    monitor: str = "val/acc"  # the metric that picks best.pt
-    mode: Literal["min", "max"] = "max"
+    monitor: str = DEFAULT_MONITOR  # the metric that picks best.pt (and early stopping's, unless it names its own)
+    mode: Literal["min", "max"] = DEFAULT_MODE
     early_stopping: EarlyStoppingConfig | None = None
     ema: EMAConfig | None = None  # validate and checkpoint an exponential moving average of the weights
     fast_dev_run: bool = False  # one batch of train, val and test; no files written

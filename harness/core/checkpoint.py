@@ -1,8 +1,8 @@
-"""Checkpoints: written atomically, read back with one clear error for anything that is not ours.
+"""Checkpoint files: written atomically, read back with one clear error for anything that is not ours.
 
-A checkpoint is `Trainer.state_dict()` (model, optimizer, scheduler, AMP scaler, epoch, global step,
-position in the epoch, history, callback states) plus the RNG states, the data-order state and
-whatever `extra` the caller adds (the CLI adds the resolved recipe).
+File I/O only. What goes into a checkpoint is the Trainer's business (`Trainer.save_checkpoint`:
+its `state_dict()` plus the RNG states and whatever `extra` the caller adds; the recipe layer adds
+the resolved recipe); this module knows neither the Trainer nor its callbacks.
 """
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from harness.callbacks import callback_key
 from harness.errors import HarnessError
-from harness.seed import get_rng_state, set_rng_state
-
-if TYPE_CHECKING:
-    from harness.trainer import Trainer
 
 FORMAT = "harness-checkpoint-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "epoch", "global_step", "history", "rng")
@@ -53,13 +48,6 @@ def atomic_save(obj: Any, path: str | Path, raw: bool = False) -> None:
 def atomic_copy(source: str | Path, destination: str | Path) -> None:
     """Copy a file with the same all-or-nothing guarantee as `atomic_save`."""
     atomic_save(Path(source).read_bytes(), destination, raw=True)
-
-
-def save_checkpoint(trainer: Trainer, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    state = trainer.state_dict()
-    state.update(format=FORMAT, rng=get_rng_state(), extra=extra or {})
-    atomic_save(state, path)
-    return Path(path)
 
 
 def load_file(path: Path, where: str, as_what: str = "") -> Any:
@@ -103,38 +91,6 @@ def check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], so
         if shapes:
             parts.append(f"shape mismatch (checkpoint vs model) {_few(shapes)}")
         raise HarnessError(f"{source}: checkpoint does not fit this model: {'; '.join(parts)}")
-
-
-def load_checkpoint(trainer: Trainer, path: str | Path) -> dict[str, Any]:
-    """Restore a Trainer (and the global RNGs) from `path` for an exact resume; returns the raw state."""
-    from harness.trainer import unwrap_model
-
-    state = read_checkpoint(path)
-    model = unwrap_model(trainer.model)
-    check_model_state(model, state["model"], str(path))
-    model.load_state_dict(state["model"])
-    try:
-        trainer.optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise HarnessError(f"{path}: optimizer state does not fit this optimizer ({e})") from None
-    for name in ("scheduler", "scaler"):
-        obj, saved = getattr(trainer, name), state.get(name)
-        if obj is not None and saved is None:
-            raise HarnessError(f"{path}: the run uses a {name} but the checkpoint has none")
-        if obj is not None:
-            obj.load_state_dict(saved)
-    trainer.epoch = state["epoch"]
-    trainer.global_step = state["global_step"]
-    trainer.batch_in_epoch = state.get("batch_in_epoch", 0)
-    trainer.partial_epoch = dict(state.get("partial_epoch") or {"loss_sum": 0.0, "samples": 0})
-    trainer.history = list(state["history"])
-    saved_callbacks = state.get("callbacks", {})
-    for i, callback in enumerate(trainer.callbacks):
-        key = callback_key(callback, i)
-        if key in saved_callbacks:
-            callback.load_state_dict(saved_callbacks[key])
-    set_rng_state(state["rng"])
-    return state
 
 
 def _few(items: list[str], n: int = 4) -> str:

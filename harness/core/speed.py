@@ -1,6 +1,6 @@
 """Inference speed and size of a model: latency percentiles, throughput, parameters, bytes.
 
-    from harness.speed import format_speed, measure_inference
+    from harness.core.speed import format_speed, measure_inference
     result = measure_inference(model, images[:256], batch_sizes=(1, 256))
     print(format_speed(result))
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.device import resolve_device
+from harness.core.device import resolve_device
 
 
 def model_size(model: nn.Module) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from harness.errors import HarnessError
 
@@ -37,6 +38,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """ValueError unless `precision` is "32", "bf16" or "16", and "16" runs on CUDA (fp16 needs the
+    GradScaler, which is CUDA-only here); the Trainer and the recipe layer both ask this one function."""
+    if precision not in ("32", "bf16", "16"):
+        raise ValueError(f"precision {precision!r}: allowed are '32', 'bf16', '16'")
+    if precision == "16" and device.type != "cuda":
+        raise ValueError(f"16 needs CUDA (device is {device.type}); use bf16 or 32")
+
+
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in a (nested) tuple / list / dict batch; non_blocking overlaps copies from pinned memory."""
     if isinstance(batch, torch.Tensor):
@@ -58,3 +68,14 @@ def batch_size_of(batch: Any) -> int:
         if isinstance(value, torch.Tensor):
             return value.shape[0]
     raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}: it holds no tensor")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model

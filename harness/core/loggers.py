@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Logger(Protocol):
@@ -40,19 +40,28 @@ class JsonlLogger:
 
 
 class TensorBoardLogger:
-    """Scalars to TensorBoard event files: view them with `tensorboard --logdir runs`."""
+    """Scalars (and the odd image or hparams row) to TensorBoard event files: view them with
+    `tensorboard --logdir runs`. The one place in the harness that opens a SummaryWriter."""
 
-    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # lazy: heavy import
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None, filename_suffix: str = "") -> None:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (heavy: only when a run logs)
 
         # purge_step: on resume, TensorBoard drops any events at or after it that a killed run left
         # behind, so the continued curve has no duplicate steps.
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step, filename_suffix=filename_suffix)
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, global_step=step)
         self.writer.flush()
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """An (H, W, 3) uint8 array, e.g. a rendered figure."""
+        self.writer.add_image(tag, image, global_step=step, dataformats="HWC")
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], run_name: str) -> None:
+        """One row of TensorBoard's HPARAMS tab, written into the sub-folder `run_name`."""
+        self.writer.add_hparams(hparams, metrics, run_name=run_name)
 
     def close(self) -> None:
         self.writer.close()

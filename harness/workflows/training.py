@@ -10,27 +10,34 @@ runs/<name>/<timestamp>/
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
-from harness.build import Data, build_data, build_model, build_trainer, check_monitors, init_model
-from harness.callbacks import Callback, ModelCheckpoint, callback_key
-from harness.checkpoint import atomic_save, read_checkpoint
-from harness.config import Recipe, dump_yaml
-from harness.device import resolve_device
-from harness.distributed import broadcast_object, broadcast_tensors, init_distributed
+from harness import __version__
+from harness.core.callbacks import Callback, ModelCheckpoint, best_entry
+from harness.core.checkpoint import read_checkpoint
+from harness.core.device import unwrap_model
+from harness.core.distributed import broadcast_object, broadcast_tensors
+from harness.core.trainer import Trainer
 from harness.errors import HarnessError
-from harness.schedules import PER_EPOCH
-from harness.seed import seed_everything
-from harness.trainer import Trainer, unwrap_model
+from harness.recipe.build import epochs_to_run
+from harness.recipe.data import Data
+from harness.recipe.parts import build_training, setup
+from harness.recipe.run_folder import command_folder, last_checkpoint, write_config, write_summary
+from harness.recipe.schedules import PER_EPOCH
+from harness.recipe.schema import Recipe, dump_yaml
+
+
+def train(recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train a validated `Recipe` end to end; returns the summary (also written to summary.json)."""
+    return Run(recipe, recipe_path=recipe_path, resume=resume).execute()
 
 
 class Run:
@@ -56,40 +63,34 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         recipe, t = self.recipe, self.recipe.trainer
-        # Under torchrun: the process group (left up for later runs in this process; the command's
-        # exit tears it down) and this rank's GPU.
-        dist = init_distributed(t.device)
-        self.verbose = self.verbose and dist.is_main
-        device = resolve_device(t.device)  # a bad device fails before any data is read
+        # Under torchrun: the process group (the command's exit tears it down) and this rank's GPU;
+        # a bad device fails here, before any data is read.
+        env = setup(recipe)
+        self.verbose = self.verbose and env.dist.is_main
         if self.resume is not None:
             self._check_resumable(read_checkpoint(self.resume))
-        check_monitors(recipe)
-        seed_everything(t.seed, t.deterministic)
-        model = build_model(recipe.model)  # before the data: a bad model name fails in a second
-        # model.init_from; a resume loads the checkpoint's weights instead
-        initialised = init_model(model, recipe.model) if self.resume is None else None
-        self.data = data = build_data(recipe.data, device, t.seed, overfit_batches=t.overfit_batches,
-                                      channels_last=t.channels_last, rank=dist.rank, world_size=dist.world_size)
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
-        self.run_dir = None if t.fast_dev_run or not dist.is_main else self._make_run_dir()
-        hint = self._resume_hint()
-        self.trainer = trainer = build_trainer(recipe, model, data, self.run_dir, resume_hint=hint,
-                                               trainer_class=self.trainer_class, extra_callbacks=self.callbacks)
+        self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir()
+        parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
+                               resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
+                               callbacks=self.callbacks)
+        self.data, self.trainer = parts.data, parts.trainer
+        trainer, data = parts.trainer, parts.data
         if self.verbose:
             print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}",
                   end="")
             print(f"# device {trainer.device}, run folder {self.run_dir or '(none: fast_dev_run)'}", flush=True)
-            if initialised:
-                print(f"# {initialised}", flush=True)
+            if parts.initialised:
+                print(f"# {parts.initialised}", flush=True)
         if self.run_dir is not None and self.resume is None:
-            (self.run_dir / "config.yaml").write_text(dump_yaml(recipe))
+            write_config(self.run_dir, recipe)
 
         started = time.perf_counter()
         try:
-            trainer.fit(data.train, data.val, epochs=1 if t.fast_dev_run else t.epochs, resume_from=self.resume)
+            trainer.fit(data.train, data.val, epochs=epochs_to_run(recipe), resume_from=self.resume)
             fit_seconds = time.perf_counter() - started
             tested = self._load_best()
-            if dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
+            if env.dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
                 broadcast_tensors(_tested_tensors(trainer))
                 tested = broadcast_object(tested)
             test = trainer.evaluate(data.test)
@@ -99,7 +100,7 @@ class Run:
         if self.verbose:
             print(f"test: {_format(test)}  ({tested})", flush=True)
         if self.run_dir is not None:
-            atomic_save(json.dumps(summary, indent=2).encode(), self.run_dir / "summary.json", raw=True)
+            write_summary(self.run_dir, summary)
             if self.verbose:
                 print(f"run folder: {self.run_dir}", flush=True)
         return summary
@@ -111,7 +112,7 @@ class Run:
         if self.resume is not None:
             # runs/<name>/<time>/checkpoints/last.pt -> continue in runs/<name>/<time>/
             return self.resume.resolve().parent.parent
-        return new_run_folder(Path(self.recipe.logging.root) / run_name(self.recipe, self.recipe_path))
+        return command_folder(self.recipe, self.recipe_path)
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         saved_recipe = state.get("extra", {}).get("recipe", {})
@@ -132,8 +133,7 @@ class Run:
             return None
         # The run's config.yaml, not the recipe file: it holds the overrides too, which a resume
         # from the bare recipe would silently drop (or refuse, when they changed the model).
-        recipe = self.run_dir / "config.yaml"
-        return f"python -m harness.train {recipe} --resume {self.run_dir / 'checkpoints' / 'last.pt'}"
+        return f"python -m harness.train {self.run_dir / 'config.yaml'} --resume {last_checkpoint(self.run_dir)}"
 
     def _load_best(self) -> str:
         """Test the best checkpoint's weights (EMA included) when there is one; say which were tested."""
@@ -143,23 +143,14 @@ class Run:
             return f"final weights, epoch {self.trainer.epoch}"
         # Weights and callback states (the EMA average) only: epoch and history stay those of the run.
         state = read_checkpoint(saver.best_path)
-        unwrap_model(self.trainer.model).load_state_dict(state["model"])
-        for i, callback in enumerate(self.trainer.callbacks):
-            saved = state["callbacks"].get(callback_key(callback, i))
-            if saved is not None:
-                callback.load_state_dict(saved)
+        self.trainer.load_weights(state, str(saver.best_path))
         return f"best.pt, epoch {state['epoch']}"
 
     def _summary(self, test: dict[str, Any], tested: str, fit_seconds: float, wall_seconds: float) -> dict[str, Any]:
         assert self.trainer is not None
         trainer, t = self.trainer, self.recipe.trainer
         history = trainer.history
-        scored = [h for h in history if t.monitor in h]
-        best = (max if t.mode == "max" else min)(scored, key=lambda h: h[t.monitor]) if scored else None
-        import torchvision
-
-        from harness import __version__
-
+        best = best_entry(history, t.monitor, t.mode)
         return {
             "recipe": str(self.recipe_path) if self.recipe_path else None,
             "run_dir": str(self.run_dir) if self.run_dir else None,
@@ -179,23 +170,6 @@ class Run:
             "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                          "torchvision": torchvision.__version__},
         }
-
-
-def run_name(recipe: Recipe, recipe_path: str | Path | None) -> str:
-    """`logging.name`, else the recipe file's stem, else "run"."""
-    return recipe.logging.name or (Path(recipe_path).stem if recipe_path else "run")
-
-
-def new_run_folder(parent: str | Path) -> Path:
-    """Create and return <parent>/<timestamp>/ (`-2`, `-3`, ... when that second is taken)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(parent) / stamp
-    suffix = 1
-    while folder.exists():  # two runs started in the same second get their own folders
-        suffix += 1
-        folder = Path(parent) / f"{stamp}-{suffix}"
-    folder.mkdir(parents=True)
-    return folder
 
 
 def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:

@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from harness.trainer import Trainer
+from harness.core.checkpoint import atomic_copy
+from harness.core.device import unwrap_model
+
+if TYPE_CHECKING:  # annotations only: the Trainer imports this module
+    from harness.core.trainer import Trainer
 
 
 class Callback:
@@ -52,9 +55,22 @@ class Callback:
         pass
 
 
+# One default for every watcher of a metric: best.pt, early stopping and the recipe's trainer.monitor.
+DEFAULT_MONITOR = "val/acc"
+DEFAULT_MODE: Literal["min", "max"] = "max"
+
+
 def callback_key(callback: Callback, index: int) -> str:
     """The name a callback's state is stored under in a checkpoint."""
     return f"{index}:{type(callback).__name__}"
+
+
+def best_entry(history: list[dict[str, Any]], monitor: str, mode: Literal["min", "max"]) -> dict[str, Any] | None:
+    """The history entry (epoch) with the best `monitor` value, the first of equals; None when never logged."""
+    scored = [h for h in history if monitor in h]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda h: h[monitor])
 
 
 class Monitor:
@@ -84,8 +100,9 @@ class ModelCheckpoint(Callback):
     `extra` is stored in every checkpoint (the CLI stores the resolved recipe there).
     """
 
-    def __init__(self, dirpath: str | Path, monitor: str | None = "val/acc", mode: Literal["min", "max"] = "max",
-                 extra: dict[str, Any] | None = None, resume_hint: str | None = None) -> None:
+    def __init__(self, dirpath: str | Path, monitor: str | None = DEFAULT_MONITOR,
+                 mode: Literal["min", "max"] = DEFAULT_MODE, extra: dict[str, Any] | None = None,
+                 resume_hint: str | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.tracker = Monitor(monitor, mode) if monitor else None
         self.extra = extra or {}
@@ -106,20 +123,16 @@ class ModelCheckpoint(Callback):
             stale.unlink(missing_ok=True)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        from harness.checkpoint import atomic_copy, save_checkpoint
-
         # The "best" verdict is part of the saved state, so decide it before writing last.pt.
         improved = self.tracker is not None and self.tracker.improved(self.tracker.value(logs))
         if improved:
             self.best_epoch = epoch
-        save_checkpoint(trainer, self.last_path, extra=self.extra)
+        trainer.save_checkpoint(self.last_path, extra=self.extra)
         if improved:
             atomic_copy(self.last_path, self.best_path)
 
     def on_interrupt(self, trainer: Trainer) -> None:
-        from harness.checkpoint import save_checkpoint
-
-        save_checkpoint(trainer, self.last_path, extra=self.extra)
+        trainer.save_checkpoint(self.last_path, extra=self.extra)
         hint = self.resume_hint or f"Trainer.fit(..., resume_from={str(self.last_path)!r})"
         print(f"\ninterrupted: saved {self.last_path} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch});"
               f" resume with: {hint}", file=sys.stderr, flush=True)
@@ -136,7 +149,7 @@ class ModelCheckpoint(Callback):
 class EarlyStopping(Callback):
     """Stops `fit` when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
 
-    def __init__(self, monitor: str = "val/loss", mode: Literal["min", "max"] = "min", patience: int = 3,
+    def __init__(self, monitor: str = DEFAULT_MONITOR, mode: Literal["min", "max"] = DEFAULT_MODE, patience: int = 3,
                  min_delta: float = 0.0) -> None:
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}")
@@ -177,8 +190,6 @@ class EMA(Callback):
         self._seen_step = -1
 
     def _model_state(self, trainer: Trainer) -> dict[str, Tensor]:
-        from harness.trainer import unwrap_model
-
         return unwrap_model(trainer.model).state_dict()
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -204,8 +215,6 @@ class EMA(Callback):
     def on_validation_start(self, trainer: Trainer) -> None:
         if self.shadow is None:
             return
-        from harness.trainer import unwrap_model
-
         model = unwrap_model(trainer.model)
         self._backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(self.shadow)
@@ -213,8 +222,6 @@ class EMA(Callback):
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self._backup is None:
             return
-        from harness.trainer import unwrap_model
-
         unwrap_model(trainer.model).load_state_dict(self._backup)
         self._backup = None
 

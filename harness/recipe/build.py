@@ -1,0 +1,244 @@
+"""Build the parts of a run from a validated recipe: model, optimizer, loss, metrics, data, Trainer.
+
+Every command (train, evaluate, ...) builds through these functions, so a recipe means the same
+thing everywhere. Errors are `HarnessError` lines naming the recipe key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness import metrics
+from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
+from harness.core.trainer import Trainer
+from harness.errors import HarnessError
+from harness.recipe.data import Data
+from harness.recipe.schedules import build_scheduler
+from harness.recipe.schema import LossConfig, MetricConfig, ModelConfig, OptimConfig, Recipe
+from models import MODELS
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """`model.name` from `models.MODELS`, or `package.module:Class`, called with `model.args`."""
+    if ":" in cfg.name:
+        module_name, _, attr = cfg.name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise HarnessError(f"model.name {cfg.name!r}: cannot import it ({e})") from None
+    else:
+        if cfg.name not in MODELS:
+            raise HarnessError(
+                f"model.name {cfg.name!r}: unknown model; choose one of {', '.join(MODELS)} "
+                "or give an import path package.module:Class"
+            )
+        cls = MODELS[cfg.name]
+    try:
+        model = cls(**cfg.args)
+    except TypeError as e:
+        raise HarnessError(f"model.args for {cfg.name}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise HarnessError(f"model.name {cfg.name!r} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def matches_prefix(name: str, prefix: str) -> bool:
+    """Whether dotted `name` lies under `prefix`: `features` matches `features.0.weight` and
+    `features` itself, not `features_extra.weight`; "" matches everything."""
+    prefix = prefix.rstrip(".")
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def freeze_parameters(model: nn.Module, prefixes: Iterable[str]) -> int:
+    """`requires_grad=False` on every parameter under one of `prefixes` (`model.freeze`); returns how many.
+
+    BatchNorm running statistics are buffers, not parameters: they still update in training mode.
+    """
+    named = list(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        if not any(matches_prefix(name, prefix) for name, _ in named):
+            top = ", ".join(name for name, _ in model.named_children())
+            raise HarnessError(f"model.freeze: {prefix!r} matches no parameter; the model's modules: {top}")
+    for name, param in named:
+        if any(matches_prefix(name, prefix) for prefix in prefixes):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: trainable parameters only (frozen ones are left out), each in the first
+    `optim.param_groups` entry whose prefix matches, the rest in a first group with `optim.lr`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise HarnessError("model.freeze leaves no parameter to train")
+    groups: list[dict[str, Any]] = [{"params": []}]
+    for g in cfg.param_groups:
+        groups.append({"params": [], **{k: v for k, v in (("lr", g.lr), ("weight_decay", g.weight_decay))
+                                         if v is not None}})
+    for name, param in named:
+        i = next((i for i, g in enumerate(cfg.param_groups, start=1) if matches_prefix(name, g.prefix)), 0)
+        groups[i]["params"].append(param)
+    for g, group in zip(cfg.param_groups, groups[1:], strict=True):
+        if not group["params"]:
+            if any(matches_prefix(n, g.prefix) for n, _ in named):
+                why = "an earlier group's prefix took them all"
+            elif any(matches_prefix(n, g.prefix) for n, _ in model.named_parameters()):
+                why = "its parameters are frozen (model.freeze)"
+            else:
+                why = f"the model's modules: {', '.join(n for n, _ in model.named_children())}"
+            raise HarnessError(f"optim.param_groups: prefix {g.prefix!r} matches no trainable parameter; {why}")
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
+    try:
+        if cfg.name == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                   weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        return optimizer(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    except ValueError as e:  # e.g. nesterov without momentum
+        raise HarnessError(f"optim: {e}") from None
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    if cfg.name == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.label_smoothing:
+        raise HarnessError(f"loss.label_smoothing applies to cross_entropy only, not {cfg.name}")
+    losses = {"nll": nn.NLLLoss, "mse": nn.MSELoss, "l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss,
+              "bce_with_logits": nn.BCEWithLogitsLoss}
+    return losses[cfg.name]()
+
+
+def build_metric(name: str, cfg: MetricConfig, num_classes: int) -> Any:
+    try:
+        if cfg.type == "accuracy":
+            return metrics.Accuracy(num_classes, top_k=cfg.top_k)
+        if cfg.type == "confusion_matrix":
+            return metrics.ConfusionMatrix(num_classes)
+        cls = {"precision": metrics.Precision, "recall": metrics.Recall, "f1": metrics.F1Score}[cfg.type]
+        return cls(num_classes, average=cfg.average)
+    except ValueError as e:
+        raise HarnessError(f"metrics.{name}: {e}") from None
+
+
+def build_metrics(cfg: dict[str, MetricConfig], num_classes: int) -> dict[str, Any]:
+    return {name: build_metric(name, m, num_classes) for name, m in cfg.items()}
+
+
+def logged_names(recipe: Recipe) -> list[str]:
+    """Every scalar a run of this recipe logs per epoch: what `monitor` may name."""
+    names = ["train/loss", "lr", "epoch_seconds", "samples_per_s"]
+    if recipe.data.val_size or recipe.trainer.overfit_batches:
+        names.append("val/loss")
+        for name, m in recipe.metrics.items():
+            per_class = m.type == "confusion_matrix" or (m.type != "accuracy" and m.average == "none")
+            if not per_class:
+                names.append(f"val/{name}")
+    return names
+
+
+def check_monitors(recipe: Recipe) -> None:
+    """Fail before the first step when a monitored name is never logged."""
+    names = logged_names(recipe)
+    checks = [("trainer.monitor", recipe.trainer.monitor)]
+    if recipe.trainer.early_stopping is not None:
+        checks.append(("trainer.early_stopping.monitor", recipe.trainer.early_stopping.monitor))
+    for key, monitor in checks:
+        if monitor is not None and monitor not in names:
+            raise HarnessError(f"{key}: {monitor!r} is never logged by this recipe; logged: {', '.join(names)}")
+
+
+def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | None, device: torch.device,
+                  extra_callbacks: Iterable[Callback] = (), resume_hint: str | None = None,
+                  trainer_class: type[Trainer] = Trainer, checkpoints: bool = True) -> Trainer:
+    """The training Trainer for a recipe on `device` (resolved once, by `harness.recipe.parts.setup`);
+    `run_dir` None writes nothing (fast_dev_run, tests); `checkpoints=False` logs to `run_dir` but
+    saves no checkpoints (cross-validation folds)."""
+    t = recipe.trainer
+    check_monitors(recipe)
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    freeze_parameters(model, recipe.model.freeze)  # frozen parameters never reach the optimizer
+    optimizer = build_optimizer(recipe.optim, parameter_groups(model, recipe.optim))
+    limits = batch_limits(recipe)
+    epochs = epochs_to_run(recipe)
+    # fast_dev_run's single batch leaves no room for a warmup: run the schedule without it.
+    schedule = recipe.scheduler.model_copy(update={"warmup_epochs": 0.0}) if t.fast_dev_run else recipe.scheduler
+    scheduler, interval = build_scheduler(schedule, optimizer, epochs,
+                                          steps_per_epoch=steps_per_epoch(recipe, len(data.train)))
+    callbacks: list[Callback] = []
+    if t.ema is not None:
+        callbacks.append(EMA(t.ema.decay))  # first, so checkpoints and early stopping see EMA metrics
+    if t.early_stopping is not None:
+        es = t.early_stopping
+        monitor = es.monitor or t.monitor
+        if es.mode is None and monitor != t.monitor:
+            raise HarnessError(f"trainer.early_stopping.mode: say min or max for monitor {monitor!r}")
+        callbacks.append(EarlyStopping(monitor, es.mode or t.mode, es.patience, es.min_delta))
+    if run_dir is not None and checkpoints:
+        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", t.monitor, t.mode,
+                                         extra={"recipe": recipe.to_dict()}, resume_hint=resume_hint))
+    callbacks.extend(extra_callbacks)
+    return trainer_class(
+        model, optimizer, build_loss(recipe.loss), build_metrics(recipe.metrics, data.num_classes),
+        device=device, log_dir=run_dir, scheduler=scheduler, scheduler_interval=interval,
+        precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        grad_clip_norm=t.grad_clip_norm, grad_clip_value=t.grad_clip_value, on_nonfinite=t.on_nonfinite,
+        max_nonfinite_skips=t.max_nonfinite_skips, callbacks=callbacks,
+        loggers=[] if run_dir is None else None, progress=t.progress, log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=limits.train, limit_val_batches=limits.val, compile=t.compile,
+    )
+
+
+def build_evaluator(recipe: Recipe, model: nn.Module, device: torch.device, metric_cfg: dict[str, MetricConfig],
+                    num_classes: int) -> Trainer:
+    """A Trainer that only scores (no optimizer, hence no DDP wrapper and no gradients) over whole
+    splits: the recipe's loss, precision and channels_last, and the metrics a report needs. The
+    recipe's batch limits (`limit_val_batches`, `fast_dev_run`, `overfit_batches`) are training
+    budgets and do not apply."""
+    t = recipe.trainer
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Trainer(model, None, build_loss(recipe.loss), build_metrics(metric_cfg, num_classes), device=device,
+                   precision=t.precision, loggers=[], progress=False)
+
+
+class BatchLimits:
+    """How many batches a training epoch and a validation pass use (None: all of them)."""
+
+    def __init__(self, train: int | None, val: int | None) -> None:
+        self.train, self.val = train, val
+
+
+def batch_limits(recipe: Recipe) -> BatchLimits:
+    """`fast_dev_run` (one batch of each), else `overfit_batches`, else the `limit_*_batches` keys."""
+    t = recipe.trainer
+    if t.fast_dev_run:
+        return BatchLimits(1, 1)
+    return BatchLimits(t.overfit_batches or t.limit_train_batches, t.overfit_batches or t.limit_val_batches)
+
+
+def epochs_to_run(recipe: Recipe) -> int:
+    """`trainer.epochs`, or 1 with `fast_dev_run`: the one length the loop and the schedule both use."""
+    return 1 if recipe.trainer.fast_dev_run else recipe.trainer.epochs
+
+
+def steps_per_epoch(recipe: Recipe, train_batches: int) -> int:
+    """Optimizer steps in one epoch of `train_batches` batches: the one length the schedule and the
+    loop both use (the last accumulation group of an epoch may be short, and still steps)."""
+    limit = batch_limits(recipe).train
+    batches = train_batches if limit is None else min(limit, train_batches)
+    return math.ceil(batches / recipe.trainer.accumulate_grad_batches)

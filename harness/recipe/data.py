@@ -1,0 +1,242 @@
+"""The data of a recipe: the source `data.name` names, the seeded hold-out, and the loaders.
+
+`load_data_source` reads the splits (built-in data sets, `image_folder`, `import:module:function`) and
+keeps `data.classes`; `build_data` holds out `data.val_size` (seeded by `trainer.seed`), subsamples
+`data.train_size` and makes the loaders: a TensorLoader on the device for tensors, the DataLoader
+path for datasets, this rank's shard under torchrun.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from harness.data import (
+    BatchAugment,
+    ImageTensors,
+    TensorLoader,
+    augment_transforms,
+    load_dataset,
+    load_image_folder,
+    make_dataloader,
+    random_subset,
+    resolve_data_root,
+    select_classes,
+    subset_classes,
+    train_val_split,
+)
+from harness.data.map_style import IMAGENET_MEAN, IMAGENET_STD
+from harness.errors import HarnessError
+from harness.recipe.schema import DataConfig
+
+
+@dataclass
+class Data:
+    """The loaders of a run, plus what the model and the reports need to know about the data."""
+
+    train: Iterable[Any]
+    val: Iterable[Any] | None
+    test: Iterable[Any]
+    classes: list[str]
+    num_classes: int
+
+
+@dataclass
+class DataSource:
+    """The splits `data.name` provides, `data.classes` applied, before any hold-out.
+
+    A split is an `ImageTensors` (the tensor path: TensorLoader, batch augmentation on the device),
+    a map-style dataset (the DataLoader path) or, from an import function, a ready loader (used as is).
+    """
+
+    train: Any
+    test: Any
+    val: Any  # a validation split of its own (image_folder's val/, an import function's "val"), or None
+    holdout: Any  # the training samples with evaluation transforms: the `val_size` hold-out comes from here
+    classes: list[str]
+    collate_fn: Any = None  # the DataLoader path's, when not the default (image_folder normalises batches)
+
+
+def load_data_source(cfg: DataConfig) -> DataSource:
+    """Read `data.name` (built-in, `image_folder` or `import:module:function`) and keep `data.classes`."""
+    if cfg.name == "image_folder":
+        source = _image_folder_source(cfg)
+    elif cfg.name.startswith("import:"):
+        source = _import_source(cfg)
+    else:
+
+        full = _with_stats(load_dataset(cfg.name, cfg.root, train=True, download=cfg.download), cfg)
+        test = _with_stats(load_dataset(cfg.name, cfg.root, train=False, download=cfg.download), cfg)
+        source = DataSource(full, test, None, full, full.classes)
+    if cfg.classes is None:
+        return source
+
+    def keep(split: Any) -> Any:
+
+        if split is None:
+            return None
+        if isinstance(split, ImageTensors):
+            return subset_classes(split, cfg.classes)
+        if is_loader(split):
+            raise HarnessError(f"data.classes: {cfg.name} gave a loader; class subsets need datasets")
+        return select_classes(split, cfg.classes, source.classes)
+
+    train = keep(source.train)
+    return DataSource(train, keep(source.test), keep(source.val),
+                      train if source.holdout is source.train else keep(source.holdout),
+                      [source.classes[c] for c in cfg.classes], source.collate_fn)
+
+
+def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batches: int = 0,
+               channels_last: bool = False, rank: int = 0, world_size: int = 1,
+               indices: tuple[torch.Tensor, torch.Tensor] | None = None) -> Data:
+    """The loaders of a recipe's data: `load_data_source`, then a seeded validation hold-out of
+    `data.val_size` (unless the source has its own val split), a seeded `data.train_size` subset,
+    and loaders: TensorLoader for tensors (augmenting training batches on the device), the
+    DataLoader path for datasets.
+
+    `indices`: explicit `(train_idx, val_idx)` into the training split instead of the `val_size`
+    hold-out (cross-validation folds)."""
+
+    source = load_data_source(cfg)
+    augment = _batch_augment(cfg, source.train)
+
+    def loader(split: Any, batch_size: int, shuffle: bool, augment: Any = None) -> Any:
+        if isinstance(split, ImageTensors):
+            return TensorLoader(split.images, split.targets, batch_size, mean=split.mean, std=split.std,
+                                shuffle=shuffle, seed=seed, device=device, channels_last=channels_last,
+                                rank=rank, world_size=world_size, augment=augment)
+        if is_loader(split):
+            return split
+        return make_dataloader(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                               num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+                               persistent_workers=cfg.persistent_workers, collate_fn=source.collate_fn)
+
+    classes = source.classes
+    test = loader(source.test, cfg.eval_batch_size, shuffle=False)
+    if is_loader(source.train):  # an import function's own loaders: nothing to split or subsample
+        if overfit_batches or indices is not None or cfg.train_size is not None:
+            raise HarnessError(f"{cfg.name} gave a training loader: trainer.overfit_batches, data.train_size "
+                               "and cross-validation need a dataset")
+        if source.val is None and cfg.val_size:
+            raise HarnessError(f"data.val_size={cfg.val_size}: {cfg.name} gave a training loader, nothing can be "
+                               "held out of it; return a 'val' split too, or set data.val_size=0")
+        val = None if source.val is None else loader(source.val, cfg.eval_batch_size, shuffle=False)
+        return Data(source.train, val, test, classes, len(classes))
+
+    n = len(source.train)
+    if overfit_batches:
+        # Train and validate on the same few fixed batches (not augmented): a model that cannot fit them has a bug.
+        head = _take(source.holdout, torch.arange(min(n, overfit_batches * cfg.batch_size)))
+        same = loader(head, cfg.batch_size, shuffle=False)
+        return Data(same, same, test, classes, len(classes))
+    own_val = indices is None and source.val is not None  # data.val_size is then not used
+    if indices is not None:
+        train_idx, val_idx = indices
+    elif own_val:
+        train_idx, val_idx = torch.arange(n), torch.arange(0)
+    else:
+        if cfg.val_size >= n:
+            raise HarnessError(f"data.val_size={cfg.val_size} must be smaller than the {n} training images")
+        train_idx, val_idx = train_val_split(n, cfg.val_size, seed)
+    if cfg.train_size is not None:
+        if cfg.train_size > len(train_idx):
+            raise HarnessError(f"data.train_size={cfg.train_size} is more than the {len(train_idx)} training "
+                               "images left after the validation hold-out")
+        train_idx = train_idx[random_subset(len(train_idx), cfg.train_size, seed)]
+    if own_val:
+        val = loader(source.val, cfg.eval_batch_size, shuffle=False)
+    else:
+        val = loader(_take(source.holdout, val_idx), cfg.eval_batch_size, shuffle=False) if len(val_idx) else None
+    everything = len(train_idx) == n  # all of it (the indices are sorted): use it as is, no copy
+    train = loader(source.train if everything else _take(source.train, train_idx), cfg.batch_size, shuffle=True,
+                   augment=augment)
+    return Data(train=train, val=val, test=test, classes=classes, num_classes=len(classes))
+
+
+def is_loader(split: Any) -> bool:
+    """A ready loader (a DataLoader, or an iterable without __getitem__), not a dataset."""
+    return isinstance(split, torch.utils.data.DataLoader) or not hasattr(split, "__getitem__")
+
+
+def _take(split: Any, index: torch.Tensor) -> Any:
+
+    if isinstance(split, ImageTensors):
+        return split.take(index)
+    return torch.utils.data.Subset(split, index.tolist())
+
+
+def _with_stats(split: Any, cfg: DataConfig) -> Any:
+    """`split` with `data.mean` / `data.std` when the recipe sets them."""
+
+    if cfg.mean is None or cfg.std is None or not isinstance(split, ImageTensors):
+        return split
+    channels = split.images.shape[1]
+    if len(cfg.mean) != channels or len(cfg.std) != channels:
+        raise HarnessError(f"data.mean / data.std: {channels} values needed (one per channel), "
+                           f"got {len(cfg.mean)} / {len(cfg.std)}")
+    return replace(split, mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
+def _batch_augment(cfg: DataConfig, train: Any) -> Any:
+    """The BatchAugment of `data.augment` for a tensor training split; None when off or not tensors."""
+
+    if cfg.augment is None:
+        return None
+    if not isinstance(train, ImageTensors):
+        if cfg.name != "image_folder":  # image_folder put the same ops in its transforms
+            raise HarnessError(f"data.augment: {cfg.name} gave datasets, not tensors; put the augmentation "
+                               "in its transforms")
+        return None
+    crop = cfg.augment.random_crop
+    height, width = train.images.shape[-2:]
+    if crop is not None and not crop.size == height == width:
+        raise HarnessError(f"data.augment.random_crop.size={crop.size} must equal the {height}x{width} image size: "
+                           "validation images are not cropped (shift the crop with padding)")
+    return BatchAugment(crop.size if crop else None, crop.padding if crop else 0, cfg.augment.horizontal_flip)
+
+
+def _image_folder_source(cfg: DataConfig) -> DataSource:
+
+    transforms = []
+    if cfg.augment is not None:
+        crop = cfg.augment.random_crop
+        if crop is not None and crop.size != cfg.image_size:
+            raise HarnessError(f"data.augment.random_crop.size={crop.size} must equal data.image_size="
+                               f"{cfg.image_size}: validation images are not cropped (shift the crop with padding)")
+        transforms = augment_transforms(crop.size if crop else None, crop.padding if crop else 0,
+                                        cfg.augment.horizontal_flip)
+    splits = load_image_folder(resolve_data_root(cfg.root), cfg.image_size, cfg.mean or IMAGENET_MEAN,
+                               cfg.std or IMAGENET_STD, transforms)
+    return DataSource(splits.train, splits.test, splits.val, splits.train_eval, splits.classes, splits.collate_fn)
+
+
+IMPORT_KEYS = ("train", "test", "val", "classes")
+
+
+def _import_source(cfg: DataConfig) -> DataSource:
+    """`import:package.module:function`: `function(cfg)` returns {"train", "test", optional "val", "classes"}."""
+    module_name, _, attr = cfg.name.removeprefix("import:").partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise HarnessError(f"data.name {cfg.name!r}: cannot import it ({e})") from None
+    result = function(cfg)
+    shape = "a dict with 'train' and 'test' (datasets, ImageTensors or loaders), optional 'val' and 'classes'"
+    if not isinstance(result, dict) or "train" not in result or "test" not in result:
+        got = sorted(result) if isinstance(result, dict) else type(result).__name__
+        raise HarnessError(f"data.name {cfg.name!r}: the function must return {shape}; got {got}")
+    unknown = sorted(set(result) - set(IMPORT_KEYS))
+    if unknown:
+        raise HarnessError(f"data.name {cfg.name!r}: unknown keys {unknown} in what it returned; allowed: "
+                           f"{', '.join(IMPORT_KEYS)}")
+    train, test, val = (_with_stats(result.get(k), cfg) for k in ("train", "test", "val"))
+    classes = result.get("classes") or getattr(train, "classes", None)
+    if not classes:
+        raise HarnessError(f"data.name {cfg.name!r}: say the class names: return 'classes' too, or give the "
+                           "training split a `classes` attribute")
+    return DataSource(train, test, val, train, list(classes))
