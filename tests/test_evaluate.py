@@ -272,3 +272,17 @@ def test_confusion_matrix_figure_is_row_normalised() -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a (10)", "b (10)", "c (0)"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
 
+
+
+def test_a_checkpoint_is_not_scored_under_other_classes(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    # Trained on all 10 classes; a recipe keeping 5 of them would score class i of the model against
+    # class i of the subset: a figure about nothing. Refused, and the right report stays as it was.
+    best = trained["run_dir"] / "checkpoints" / "best.pt"
+    assert main([str(RECIPE), "--checkpoint", str(best), *trained["overrides"]]) == 0
+    report = trained["run_dir"] / "eval-best-test.json"
+    before = report.read_bytes()
+    capsys.readouterr()
+    assert main([str(RECIPE), "--checkpoint", str(best), *trained["overrides"], "data.classes=[5,6,7,8,9]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.classes=null" in err and "data.classes=[5,6,7,8,9]" in err, err
+    assert report.read_bytes() == before

@@ -344,7 +344,7 @@ def test_resume_from_truncated_or_foreign_files(capsys, fake_args, mlp_checkpoin
 def test_resume_with_another_models_checkpoint(capsys, fake_args, mlp_checkpoint: Path, tmp_path: Path) -> None:
     # A CLI checkpoint stores its recipe: the model sections are compared before any data is read.
     line = cli_error(capsys, CNN_RECIPE, *fake_args, "--resume", str(mlp_checkpoint))
-    assert "'name': 'cnn'" in line and "'name': 'mlp'" in line
+    assert "model.name ('mlp' -> 'cnn')" in line and "model.init_from=" in line
 
     # One written from Python has no recipe: the weights themselves are checked, naming the keys.
     bare = tmp_path / "bare.pt"

@@ -210,7 +210,9 @@ def test_fast_dev_run_runs_one_batch_and_writes_nothing(fake_data, tmp_path: Pat
                  "data.batch_size=4", "data.eval_batch_size=4", "data.val_size=8", "trainer.device=cpu"])
     out = capsys.readouterr().out
     assert code == 0
-    assert calls == {"train": 1, "val": 2}  # one training batch, one validation and one test batch
+    # one training batch, one validation and one test batch, and the test batch that checks the
+    # model's outputs against the data before the first step
+    assert calls == {"train": 1, "val": 3}
     assert "run folder (none: fast_dev_run)" in out
     assert list(workdir.iterdir()) == []  # no runs/ folder, no checkpoint, no event file
 
@@ -252,3 +254,61 @@ def test_limit_train_and_val_batches_are_honoured() -> None:
     assert trainer.global_step == 6
     assert val_calls == [16, 16, 16, 16]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_the_final_test_covers_the_whole_test_split_and_says_so(fake_data, tmp_path: Path, capsys) -> None:
+    # limit_val_batches is a budget for validation; it must not shrink the reported test figure.
+    args = [str(REPO / "recipes/mnist_mlp.yaml"), f"data.root={fake_data.root}", "data.batch_size=4",
+            "data.eval_batch_size=4", "data.val_size=8", "trainer.epochs=1", "trainer.limit_val_batches=1",
+            "trainer.progress=false", "trainer.device=cpu", f"logging.root={tmp_path / 'runs'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    [summary_path] = (tmp_path / "runs").glob("*/*/summary.json")
+    import json
+
+    summary = json.loads(summary_path.read_text())
+    assert summary["test_samples"] == 20  # the fake test split's 20 images, not one batch of 4
+    assert "20 samples: the whole test split" in out
+    assert main([*args, "trainer.limit_test_batches=2"]) == 0
+    out = capsys.readouterr().out
+    assert "only 8 samples: the first 2 batches of the test split (trainer.limit_test_batches)" in out
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.args.num_classes=5", "one test batch through the model and loss.name=cross_entropy fails"),
+    ("model.args.num_classes=12", "outputs of shape (20, 12)"),
+])
+def test_a_model_that_does_not_fit_the_data_fails_before_the_first_step(fake_data, tmp_path: Path, capsys,
+                                                                        override: str, expected: str) -> None:
+    calls = []
+
+    class Counting(Callback):
+        def on_train_batch_end(self, trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
+            calls.append(batch_idx)
+
+    code = main([str(REPO / "recipes/mnist_mlp.yaml"), f"data.root={fake_data.root}", "data.val_size=8",
+                 "data.eval_batch_size=20", "trainer.progress=false", "trainer.device=cpu", override,
+                 f"logging.root={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and expected in err and "10 classes" in err, err
+    assert not list((tmp_path / "runs").glob("*/*"))  # no run folder left behind
+
+
+def test_a_split_with_no_samples_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    from conftest import write_fake_mnist
+
+    root = tmp_path / "data"
+    write_fake_mnist(root, n_train=40, n_test=20)
+    # Keep class 3 only in the test split by writing a test split that lacks it.
+    import numpy as np
+    from conftest import write_idx
+
+    labels = np.array([0, 1, 2] * 6 + [0, 1], dtype=np.uint8)
+    write_idx(root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
+    code = main([str(REPO / "recipes/mnist_mlp.yaml"), f"data.root={root}", "data.val_size=4",
+                 "data.classes=[3,4]", "trainer.progress=false", "trainer.device=cpu",
+                 f"logging.root={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "the test split has no samples after data.classes=[3, 4]" in err, err

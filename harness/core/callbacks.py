@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from harness.core import faults
 from harness.core.checkpoint import atomic_copy
 from harness.core.device import unwrap_model
 
@@ -123,13 +124,18 @@ class ModelCheckpoint(Callback):
             stale.unlink(missing_ok=True)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        # The "best" verdict is part of the saved state, so decide it before writing last.pt.
+        # The "best" verdict is part of the saved state, so it is decided first. best.pt is written
+        # before last.pt: a process killed between the two resumes from the previous last.pt, whose
+        # verdict has not seen this epoch yet, so the epoch is redone and best.pt written again. (In
+        # the other order the resumed run would believe best.pt holds this epoch and never write it.)
         improved = self.tracker is not None and self.tracker.improved(self.tracker.value(logs))
         if improved:
             self.best_epoch = epoch
-        trainer.save_checkpoint(self.last_path, extra=self.extra)
-        if improved:
-            atomic_copy(self.last_path, self.best_path)
+            trainer.save_checkpoint(self.best_path, extra=self.extra)
+            faults.reached("best:written")
+            atomic_copy(self.best_path, self.last_path)
+        else:
+            trainer.save_checkpoint(self.last_path, extra=self.extra)
 
     def on_interrupt(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.last_path, extra=self.extra)

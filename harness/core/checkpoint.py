@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from harness.core import faults
 from harness.errors import HarnessError
 
 FORMAT = "harness-checkpoint-v1"
@@ -34,6 +35,7 @@ def atomic_save(obj: Any, path: str | Path, raw: bool = False) -> None:
                 torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        faults.reached("save:temp-written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,6 +45,7 @@ def atomic_save(obj: Any, path: str | Path, raw: bool = False) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    faults.reached("save:renamed")
 
 
 def atomic_copy(source: str | Path, destination: str | Path) -> None:

@@ -6,8 +6,13 @@ TensorBoard is imported only when a TensorBoardLogger is made (it costs a second
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Protocol
+
+from harness.core import faults
+from harness.core.checkpoint import atomic_save
+from harness.errors import HarnessError
 
 
 class Logger(Protocol):
@@ -26,17 +31,34 @@ class JsonlLogger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if purge_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line).get("step", 0) < purge_step]
-            self.path.write_text("".join(kept))
+            kept = [line for line in _whole_lines(self.path) if json.loads(line).get("step", 0) < purge_step]
+            atomic_save("".join(kept).encode(), self.path, raw=True)
         self._file = self.path.open("a")
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         self._file.write(json.dumps({"step": step, **scalars}) + "\n")
         self._file.flush()
+        faults.reached("history:written")
 
     def close(self) -> None:
         self._file.close()
+
+
+def _whole_lines(path: Path) -> list[str]:
+    """The lines of a history file, without a torn last line (the process died while writing it:
+    dropped with a note). Any other line that is not JSON is damage the harness did not do: an error."""
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"note: {path}: dropped a torn last line (the run was killed while writing it): "
+                      f"{line.strip()[:80]!r}", file=sys.stderr, flush=True)
+                return lines[:-1]
+            raise HarnessError(f"{path}: line {i + 1} is not JSON ({line.strip()[:80]!r}); "
+                               "the file was changed by hand or damaged") from None
+    return [line if line.endswith("\n") else line + "\n" for line in lines]
 
 
 class TensorBoardLogger:
@@ -54,6 +76,7 @@ class TensorBoardLogger:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, global_step=step)
         self.writer.flush()
+        faults.reached("tensorboard:flushed")
 
     def image(self, tag: str, image: Any, step: int) -> None:
         """An (H, W, 3) uint8 array, e.g. a rendered figure."""

@@ -67,7 +67,8 @@ class Trainer:
         loggers: objects with `log(scalars, step)` / `close()`; default: TensorBoard + JSONL in `log_dir`.
         progress: show a tqdm bar on a terminal (one line per epoch otherwise); False is silent.
         log_every_n_steps: progress-bar refresh interval; the only host sync in the training loop.
-        limit_train_batches / limit_val_batches: use only the first N batches of each epoch / pass.
+        limit_train_batches / limit_val_batches: use only the first N batches of each epoch / validation pass.
+        limit_test_batches: the same for `evaluate` (the test pass); None, the default, scores it all.
         compile: wrap the model in `torch.compile`.
 
     Under torchrun (a process group is initialised, see `harness.core.distributed`) the model is wrapped in
@@ -98,6 +99,7 @@ class Trainer:
         log_every_n_steps: int = 50,
         limit_train_batches: int | None = None,
         limit_val_batches: int | None = None,
+        limit_test_batches: int | None = None,
         compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
@@ -138,6 +140,8 @@ class Trainer:
         self.log_every_n_steps = log_every_n_steps
         self.limit_train_batches = limit_train_batches
         self.limit_val_batches = limit_val_batches
+        self.limit_test_batches = limit_test_batches
+        self.last_pass_samples = 0  # samples the last validate / evaluate pass covered, all ranks
 
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
@@ -168,6 +172,10 @@ class Trainer:
             raise ValueError("this Trainer has no optimizer: it can validate and evaluate, not fit")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+        if self.loggers is None:
+            # Opened now, before the first step: a resumed run's files are checked (a torn history
+            # line is dropped) and whatever a killed run logged past the checkpoint is purged.
+            self.loggers = self._default_loggers(resumed=resume_from is not None)
         self.train_data = train_data
         self._call("on_fit_start")
         with self._catch_signals():
@@ -339,7 +347,12 @@ class Trainer:
         """A `torch.no_grad()` pass in eval mode; returns {"<prefix>/loss": ..., "<prefix>/<metric>": ...}.
 
         Scalars come back as floats, per-class results and confusion matrices as (nested) lists.
+        A test pass (prefix "test", what `evaluate` runs) uses the first `limit_test_batches` batches,
+        any other the first `limit_val_batches` (None: all of them).
+        `last_pass_samples` then holds how many samples the figures cover (summed over ranks); a pass
+        over no sample at all raises ValueError instead of reporting figures of nothing.
         """
+        limit = self.limit_test_batches if prefix == "test" else self.limit_val_batches
         was_training = self.model.training
         training_model, self.model = self.model, self.eval_model  # no DDP collectives here: see __init__
         self.model.eval()
@@ -348,7 +361,7 @@ class Trainer:
         for metric in self.metrics.values():
             metric.reset()
         try:
-            for batch in islice(data, _num_batches(data, self.limit_val_batches)):
+            for batch in islice(data, _num_batches(data, limit)):
                 batch = move_to_device(batch, self.device)
                 with self.autocast():
                     loss, preds, target = self.validation_step(batch)
@@ -357,11 +370,16 @@ class Trainer:
                     metric.update(preds, target)
         finally:
             self.model = training_model
-        results = {"loss": self._compute(self.loss_metric)}
+        loss = self._compute(self.loss_metric)  # syncs the loss metric's sums across ranks
+        # note: a host sync, once per pass (the figures are read to the host just below anyway)
+        self.last_pass_samples = int(self.loss_metric.weight_sum.item())
+        results = {"loss": loss}
         results.update({name: self._compute(metric) for name, metric in self.metrics.items()})
         out = {f"{prefix}/{name}": _to_python(value) for name, value in results.items()}
         self._call("on_validation_end", out)
         self.model.train(was_training)
+        if self.last_pass_samples == 0:  # figures of nothing (accuracy 0.0) must not pick a best.pt
+            raise ValueError(f"the {prefix} pass saw no samples: its data is empty")
         return out
 
     def evaluate(self, data: Iterable[Any], prefix: str = "test") -> dict[str, Any]:
@@ -425,11 +443,12 @@ class Trainer:
             logger.close()
         self.loggers = None
 
-    def _default_loggers(self) -> list[Any]:
+    def _default_loggers(self, resumed: bool = False) -> list[Any]:
         if self.log_dir is None or not is_main_process():  # under torchrun only rank 0 writes
             return []
-        # purge_step: after a resume, drop events a killed run wrote past the checkpoint.
-        purge = self.epoch + 1 if self.epoch else None
+        # purge_step: after a resume, drop what a killed run logged past the checkpoint: the epochs
+        # after the checkpoint's (their step is the epoch number) and any test line.
+        purge = self.epoch + 1 if resumed else None
         return [TensorBoardLogger(self.log_dir, purge_step=purge), JsonlLogger(self.log_dir / "history.jsonl", purge)]
 
     # ------------------------------------------------------------------ state

@@ -17,6 +17,8 @@ from torch import nn
 
 from harness import metrics
 from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
+from harness.core.device import move_to_device
+from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.recipe.data import Data
@@ -189,7 +191,8 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         callbacks.append(EarlyStopping(monitor, es.mode or t.mode, es.patience, es.min_delta))
     if run_dir is not None and checkpoints:
         callbacks.append(ModelCheckpoint(run_dir / "checkpoints", t.monitor, t.mode,
-                                         extra={"recipe": recipe.to_dict()}, resume_hint=resume_hint))
+                                         extra={"recipe": recipe.to_dict(), "run_dir": str(run_dir.resolve())},
+                                         resume_hint=resume_hint))
     callbacks.extend(extra_callbacks)
     return trainer_class(
         model, optimizer, build_loss(recipe.loss), build_metrics(recipe.metrics, data.num_classes),
@@ -198,7 +201,8 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         grad_clip_norm=t.grad_clip_norm, grad_clip_value=t.grad_clip_value, on_nonfinite=t.on_nonfinite,
         max_nonfinite_skips=t.max_nonfinite_skips, callbacks=callbacks,
         loggers=[] if run_dir is None else None, progress=t.progress, log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=limits.train, limit_val_batches=limits.val, compile=t.compile,
+        limit_train_batches=limits.train, limit_val_batches=limits.val, limit_test_batches=limits.test,
+        compile=t.compile,
     )
 
 
@@ -217,18 +221,21 @@ def build_evaluator(recipe: Recipe, model: nn.Module, device: torch.device, metr
 
 
 class BatchLimits:
-    """How many batches a training epoch and a validation pass use (None: all of them)."""
+    """How many batches a training epoch, a validation pass and the final test use (None: all)."""
 
-    def __init__(self, train: int | None, val: int | None) -> None:
-        self.train, self.val = train, val
+    def __init__(self, train: int | None, val: int | None, test: int | None) -> None:
+        self.train, self.val, self.test = train, val, test
 
 
 def batch_limits(recipe: Recipe) -> BatchLimits:
-    """`fast_dev_run` (one batch of each), else `overfit_batches`, else the `limit_*_batches` keys."""
+    """`fast_dev_run` (one batch of each), else `overfit_batches` (train and validation), else the
+    `limit_*_batches` keys. The test is limited only by `fast_dev_run` and `limit_test_batches`:
+    a budget for training must not shrink the figure the run reports."""
     t = recipe.trainer
     if t.fast_dev_run:
-        return BatchLimits(1, 1)
-    return BatchLimits(t.overfit_batches or t.limit_train_batches, t.overfit_batches or t.limit_val_batches)
+        return BatchLimits(1, 1, 1)
+    return BatchLimits(t.overfit_batches or t.limit_train_batches, t.overfit_batches or t.limit_val_batches,
+                       t.limit_test_batches)
 
 
 def epochs_to_run(recipe: Recipe) -> int:
@@ -242,3 +249,33 @@ def steps_per_epoch(recipe: Recipe, train_batches: int) -> int:
     limit = batch_limits(recipe).train
     batches = train_batches if limit is None else min(limit, train_batches)
     return math.ceil(batches / recipe.trainer.accumulate_grad_batches)
+
+
+def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
+    """One test batch through `validation_step` before the first training step: a model whose outputs
+    do not fit the data (5 outputs for 10 classes, (N, 1, 10) for cross-entropy) fails here, in one
+    line, instead of with a traceback after an epoch. The RNG states are put back: the check draws
+    nothing that training would draw."""
+    rng = get_rng_state()
+    model, was_training = trainer.eval_model, trainer.eval_model.training
+    model.eval()
+    try:
+        batch = next(iter(data.test), None)
+        if batch is None:
+            return
+        with torch.no_grad(), trainer.autocast():
+            _, preds, target = trainer.validation_step(move_to_device(batch, trainer.device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise HarnessError(f"model.name={recipe.model.name} does not fit data.name={recipe.data.name} "
+                           f"({data.num_classes} classes): one test batch through the model and "
+                           f"loss.name={recipe.loss.name} fails: {reason}") from None
+    finally:
+        model.train(was_training)
+        set_rng_state(rng)
+    classifies = recipe.loss.name in ("cross_entropy", "nll")
+    if classifies and preds.is_floating_point() and tuple(preds.shape) != (target.shape[0], data.num_classes):
+        raise HarnessError(f"model.name={recipe.model.name} gives outputs of shape {tuple(preds.shape)} for a batch "
+                           f"of {target.shape[0]}, but data.name={recipe.data.name} has {data.num_classes} classes: "
+                           f"the model must output (batch, {data.num_classes}); set its number of outputs in "
+                           f"model.args")

@@ -117,6 +117,11 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
                                persistent_workers=cfg.persistent_workers, collate_fn=source.collate_fn)
 
     classes = source.classes
+    # A split with no samples would report accuracy 0.0 of nothing (and pick best.pt on it): refuse.
+    for split_name, split in (("training", source.train), ("test", source.test), ("validation", source.val)):
+        if split is not None and not is_loader(split) and len(split) == 0:
+            subset = f" after data.classes={cfg.classes}" if cfg.classes is not None else ""
+            raise HarnessError(f"data.name={cfg.name}: the {split_name} split has no samples{subset}")
     test = loader(source.test, cfg.eval_batch_size, shuffle=False)
     if is_loader(source.train):  # an import function's own loaders: nothing to split or subsample
         if overfit_batches or indices is not None or cfg.train_size is not None:

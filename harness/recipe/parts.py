@@ -23,7 +23,7 @@ from harness.core.distributed import DistInfo, init_distributed
 from harness.core.seed import seed_everything
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
-from harness.recipe.build import build_evaluator, build_model, build_trainer, check_monitors
+from harness.recipe.build import build_evaluator, build_model, build_trainer, check_model_fits_data, check_monitors
 from harness.recipe.data import Data, build_data
 from harness.recipe.schema import MetricConfig, Recipe
 from harness.recipe.weights import check_same_data, init_model, load_checkpoint_model
@@ -82,6 +82,7 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
                       indices=indices)
     trainer = build_trainer(recipe, model, data, run_dir, env.device, extra_callbacks=callbacks,
                             resume_hint=resume_hint, trainer_class=trainer_class, checkpoints=checkpoints)
+    check_model_fits_data(recipe, trainer, data)
     return Training(model, data, trainer, initialised)
 
 

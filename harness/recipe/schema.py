@@ -143,6 +143,7 @@ class TrainerConfig(Section):
     overfit_batches: int = Field(0, ge=0)  # train and validate on the same first N training batches
     limit_train_batches: int | None = Field(None, gt=0)  # batches per training epoch
     limit_val_batches: int | None = Field(None, gt=0)  # batches per validation pass
+    limit_test_batches: int | None = Field(None, gt=0)  # batches of the final test (None: the whole test split)
     log_every_n_steps: int = Field(50, gt=0)  # progress-bar refresh: the only host sync in a step
     progress: bool = True  # tqdm bar on a terminal; one line per epoch otherwise
 

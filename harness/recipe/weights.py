@@ -144,6 +144,12 @@ def check_same_data(state: dict[str, Any], recipe: Recipe, split: str, path: Pat
     if saved["data"]["name"] != recipe.data.name:
         raise HarnessError(f"{path}: trained on data.name={saved['data']['name']!r}, "
                            f"but the recipe says data.name={recipe.data.name!r}")
+    # The same classes in the same order: class i of the model must be class i of the data, or every
+    # figure is computed against the wrong labels.
+    was_classes, now_classes = _as_override(saved["data"].get("classes")), _as_override(recipe.data.classes)
+    if was_classes != now_classes:
+        raise HarnessError(f"{path}: trained with data.classes={was_classes}, but the recipe says "
+                           f"data.classes={now_classes}; score it with data.classes={was_classes}")
     was = (saved["data"]["val_size"], saved["trainer"]["seed"])
     now = (recipe.data.val_size, recipe.trainer.seed)
     if split == "val" and was != now:
@@ -152,3 +158,8 @@ def check_same_data(state: dict[str, Any], recipe: Recipe, split: str, path: Pat
             f"the recipe holds out data.val_size={now[0]} with trainer.seed={now[1]}: that val split would hold "
             f"training images; add data.val_size={was[0]} trainer.seed={was[1]}"
         )
+
+
+def _as_override(value: Any) -> str:
+    """A recipe value as it is written on the command line: `null`, `[3,5]`."""
+    return "null" if value is None else str(value).replace(" ", "")

@@ -10,6 +10,7 @@ runs/<name>/<timestamp>/
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -30,8 +31,8 @@ from harness.errors import HarnessError
 from harness.recipe.build import epochs_to_run
 from harness.recipe.data import Data
 from harness.recipe.parts import build_training, setup
-from harness.recipe.run_folder import command_folder, last_checkpoint, write_config, write_summary
-from harness.recipe.schedules import PER_EPOCH
+from harness.recipe.resume import check_resume, recorded_run_folder
+from harness.recipe.run_folder import SUMMARY, command_folder, last_checkpoint, write_config, write_summary
 from harness.recipe.schema import Recipe, dump_yaml
 
 
@@ -67,13 +68,23 @@ class Run:
         # a bad device fails here, before any data is read.
         env = setup(recipe)
         self.verbose = self.verbose and env.dist.is_main
-        if self.resume is not None:
-            self._check_resumable(read_checkpoint(self.resume))
+        resumed = read_checkpoint(self.resume) if self.resume is not None else None
+        if resumed is not None:
+            check_resume(resumed, recipe, self.resume)
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
-        self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir()
-        parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
-                               resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
-                               callbacks=self.callbacks)
+        self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir(resumed)
+        finished = self._finished_summary(resumed)
+        if finished is not None:
+            return finished
+        try:
+            parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
+                                   resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
+                                   callbacks=self.callbacks)
+        except HarnessError:
+            # Bad input found while building: leave no empty run folder behind.
+            if self.run_dir is not None and resumed is None and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise
         self.data, self.trainer = parts.data, parts.trainer
         trainer, data = parts.trainer, parts.data
         if self.verbose:
@@ -82,7 +93,7 @@ class Run:
             print(f"# device {trainer.device}, run folder {self.run_dir or '(none: fast_dev_run)'}", flush=True)
             if parts.initialised:
                 print(f"# {parts.initialised}", flush=True)
-        if self.run_dir is not None and self.resume is None:
+        if self.run_dir is not None:  # on a resume too: the keys a resume may change are recorded
             write_config(self.run_dir, recipe)
 
         started = time.perf_counter()
@@ -98,35 +109,46 @@ class Run:
             trainer.close()
         summary = self._summary(test, tested, fit_seconds, time.perf_counter() - started)
         if self.verbose:
-            print(f"test: {_format(test)}  ({tested})", flush=True)
+            print(f"test: {_format(test)}  ({summary['test_covers']}; {tested})", flush=True)
         if self.run_dir is not None:
             write_summary(self.run_dir, summary)
             if self.verbose:
                 print(f"run folder: {self.run_dir}", flush=True)
         return summary
 
-    def _make_run_dir(self) -> Path:
+    def _make_run_dir(self, resumed: dict[str, Any] | None) -> Path:
         if self.run_dir is not None:  # given by the caller
             self.run_dir.mkdir(parents=True, exist_ok=True)
             return self.run_dir
-        if self.resume is not None:
-            # runs/<name>/<time>/checkpoints/last.pt -> continue in runs/<name>/<time>/
-            return self.resume.resolve().parent.parent
+        if resumed is not None:
+            assert self.resume is not None
+            folder = recorded_run_folder(resumed, self.resume)
+            if folder is not None:
+                return folder
+            folder = command_folder(self.recipe, self.recipe_path)
+            if self.verbose:
+                print(f"# {self.resume} lies outside the run folder it was written in; the resumed run goes to "
+                      f"a new run folder, {folder}", flush=True)
+            return folder
         return command_folder(self.recipe, self.recipe_path)
 
-    def _check_resumable(self, state: dict[str, Any]) -> None:
-        saved_recipe = state.get("extra", {}).get("recipe", {})
-        saved = saved_recipe.get("model")
-        current = self.recipe.to_dict()["model"]
-        if saved is not None and saved != current:
-            raise HarnessError(f"{self.resume}: the recipe's model {current} differs from the checkpoint's {saved}")
-        # A per-step schedule is fitted to the run's length and its saved state wins on resume: more
-        # epochs would run cosine back up past its end, or make onecycle raise in the middle of an epoch.
-        schedule, epochs = self.recipe.scheduler.name, self.recipe.trainer.epochs
-        saved_epochs = saved_recipe.get("trainer", {}).get("epochs", epochs)
-        if schedule != "none" and schedule not in PER_EPOCH and saved_epochs != epochs:
-            raise HarnessError(f"{self.resume}: trainer.epochs={epochs}, but the checkpoint's {schedule} schedule "
-                               f"spans trainer.epochs={saved_epochs}; resume with trainer.epochs={saved_epochs}")
+    def _finished_summary(self, resumed: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A resume of a run that already finished (all epochs, tested, summary written): say so and
+        return its summary, instead of testing again and logging a second test line."""
+        if resumed is None or self.run_dir is None:
+            return None
+        summary_path = self.run_dir / SUMMARY
+        done = resumed["epoch"] >= epochs_to_run(self.recipe) and not resumed.get("batch_in_epoch")
+        if not done or not summary_path.is_file():
+            return None
+        summary = json.loads(summary_path.read_text())
+        if summary.get("epochs_run") != resumed["epoch"]:
+            return None
+        if self.verbose:
+            print(f"already finished: {self.resume} is epoch {resumed['epoch']} of trainer.epochs="
+                  f"{self.recipe.trainer.epochs} and the run was tested; nothing to do (to train longer, resume "
+                  f"with trainer.epochs=N)", flush=True)
+        return summary
 
     def _resume_hint(self) -> str | None:
         if self.run_dir is None:
@@ -160,6 +182,9 @@ class Run:
             "epochs_run": trainer.epoch,
             "final": history[-1] if history else None,
             "test": test,
+            "test_samples": trainer.last_pass_samples,
+            # what the test figures cover, in words: the whole split, or the first N batches of it
+            "test_covers": _test_covers(trainer.last_pass_samples, trainer.limit_test_batches, t.fast_dev_run),
             "tested_weights": tested,
             "fit_seconds": round(fit_seconds, 3),
             "wall_seconds": round(wall_seconds, 3),
@@ -184,3 +209,11 @@ def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
 
 def _format(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _test_covers(samples: int, limit: int | None, fast_dev_run: bool) -> str:
+    """What the test figures cover, in words: the whole split, or its first batches and why."""
+    if limit is None:
+        return f"{samples} samples: the whole test split"
+    why = "trainer.fast_dev_run" if fast_dev_run else "trainer.limit_test_batches"
+    return f"only {samples} samples: the first {limit} batch{'es' * (limit > 1)} of the test split ({why})"

@@ -1,0 +1,97 @@
+"""The resume contract: which recipe keys may differ from the checkpoint's, and where the run goes on.
+
+A resumed run continues the checkpoint's training exactly. A key the checkpoint's state overrides
+(the optimizer's learning rate and betas, the schedule, the weights) or that would change what the
+run computes (the data split, the batch size, the seed, the precision) would be silently ignored or
+would break the exact resume, so a different value is refused with one line. The keys in
+`MAY_CHANGE` are applied, and the run's config.yaml is rewritten with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.recipe.run_folder import checkpoint_dir
+from harness.recipe.schedules import PER_EPOCH
+from harness.recipe.schema import Recipe
+
+# Dotted keys (and every key under them) that a resume may change: they are read from the recipe
+# when the run is rebuilt and nothing in the checkpoint overrides them.
+MAY_CHANGE = (
+    "trainer.epochs",  # train longer or shorter (not with a per-step schedule: see check_resume)
+    "trainer.device", "trainer.deterministic", "trainer.compile", "trainer.channels_last",
+    "trainer.grad_clip_norm", "trainer.grad_clip_value", "trainer.on_nonfinite", "trainer.max_nonfinite_skips",
+    # an early stopping or EMA already in the run may be tuned; adding or removing one would renumber
+    # the callbacks whose states the checkpoint holds
+    "trainer.early_stopping.patience", "trainer.early_stopping.min_delta", "trainer.ema.decay",
+    "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.log_every_n_steps", "trainer.progress",
+    "metrics", "logging.tensorboard",
+    "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+    "data.eval_batch_size",
+)
+
+
+_UNSET = object()
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is _UNSET else repr(value)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE)
+
+
+def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path) -> None:
+    """Refuse a recipe that differs from the checkpoint's in a key outside `MAY_CHANGE` (one line
+    naming every such key with both values), and more or fewer epochs under a per-step schedule."""
+    saved_recipe = state.get("extra", {}).get("recipe")
+    if saved_recipe is None:  # saved from Python without a recipe: nothing to compare
+        return
+    saved, current = _flat(saved_recipe), _flat(recipe.to_dict())
+    defaults = _flat(Recipe().to_dict())
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        was, now = saved.get(key, _UNSET), current.get(key, _UNSET)
+        if was is _UNSET and now == defaults.get(key, _UNSET):
+            continue  # a key the schema gained after the checkpoint was written, at its default
+        if was != now and not _may_change(key):
+            changed.append(f"{key} ({_show(was)} -> {_show(now)})")
+    if changed:
+        raise HarnessError(
+            f"{checkpoint}: a resume continues the checkpoint's run and cannot change {', '.join(changed)}; "
+            f"to train these weights with other settings, start a new run with model.init_from={checkpoint}")
+    # A per-step schedule is fitted to the run's length and its saved state wins on resume: more
+    # epochs would run cosine back up past its end, or make onecycle raise in the middle of an epoch.
+    schedule, epochs = recipe.scheduler.name, recipe.trainer.epochs
+    saved_epochs = saved_recipe.get("trainer", {}).get("epochs", epochs)
+    if schedule != "none" and schedule not in PER_EPOCH and saved_epochs != epochs:
+        raise HarnessError(f"{checkpoint}: trainer.epochs={epochs}, but the checkpoint's {schedule} schedule "
+                           f"spans trainer.epochs={saved_epochs}; resume with trainer.epochs={saved_epochs}")
+
+
+def recorded_run_folder(state: dict[str, Any], checkpoint: Path) -> Path | None:
+    """The run folder the checkpoint was written in, when the checkpoint still lies in it.
+
+    The folder is recorded in the checkpoint, never guessed from the path: a copy elsewhere (say
+    ~/downloads/last.pt) would otherwise make its parent's parent a run folder and overwrite files
+    there. None: the checkpoint lies outside its run folder (or records none), so the resume starts
+    a new run folder.
+    """
+    recorded = state.get("extra", {}).get("run_dir")
+    if not recorded:
+        return None
+    folder = Path(recorded)
+    inside = checkpoint.resolve().parent == checkpoint_dir(folder).resolve()
+    return folder if inside and folder.is_dir() else None
