@@ -26,6 +26,7 @@ from harness.metrics import (
     Precision,
     R2Score,
     Recall,
+    classification,
 )
 from harness.metrics import functional as F
 
@@ -175,10 +176,38 @@ def test_confusion_matrix_rejects_out_of_range_labels():
     # An out-of-range label must not land silently in a wrong cell (here: pred 3 with C=3
     # would otherwise be counted as (true 1, pred 0)).
     metric = ConfusionMatrix(3)
-    with pytest.raises(RuntimeError, match="out of bounds"):
+    with pytest.raises(ValueError, match=r"preds has 1 label outside \[0, 3\): 3;"):
         metric.update(torch.tensor([3]), torch.tensor([0]))
-    with pytest.raises(RuntimeError, match="out of bounds"):
+    with pytest.raises(ValueError, match=r"target has 1 label outside \[0, 3\): -1;"):
         metric.update(torch.tensor([0]), torch.tensor([-1]))
+    assert metric.compute().sum().item() == 0
+    # The pure function has no state to keep clean: it refuses such a pair outright.
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        F.confusion_matrix(torch.tensor([3]), torch.tensor([0]), 3)
+
+
+# The reproductions of the bug report: out-of-range labels were counted (Accuracy), or failed
+# with "index 100 is out of bounds" naming no label, after part of the batch was counted.
+
+
+def test_accuracy_does_not_count_out_of_range_labels_as_correct():
+    metric = Accuracy(3)
+    with pytest.raises(ValueError, match=r"preds has 2 labels outside \[0, 3\): 5; target has 2"):
+        metric.update(torch.tensor([5, 5]), torch.tensor([5, 5]))
+    assert (metric.correct.item(), metric.total.item()) == (0, 0)
+    metric.update(torch.tensor([0, 1]), torch.tensor([0, 2]))  # still usable: 1 of 2
+    assert metric.compute().item() == 0.5
+
+
+@pytest.mark.parametrize("metric_cls", [F1Score, ConfusionMatrix])
+@pytest.mark.parametrize("bad", [12, -1])
+def test_out_of_range_target_is_named_and_nothing_is_counted(metric_cls, bad):
+    metric = metric_cls(10)
+    metric.update(torch.tensor([1, 2]), torch.tensor([1, 3]))
+    before = metric.confmat.clone()
+    with pytest.raises(ValueError, match=rf"target has 1 label outside \[0, 10\): {bad};"):
+        metric.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, bad, 3]))
+    assert torch.equal(metric.confmat, before)
 
 
 def test_functional_confusion_matrix_and_scores():
@@ -259,6 +288,9 @@ def test_update_on_another_device_is_a_clear_error():
 @pytest.mark.parametrize("index", range(len(all_metrics())))
 def test_update_never_reads_values_on_the_host(index, monkeypatch):
     metric, preds, target = all_metrics()[index]
+    # On the CPU the classification metrics read the labels to raise at once; take the
+    # path that states on a GPU take, as this test stands in for CUDA.
+    monkeypatch.setattr(classification, "_check_eagerly", lambda device: False)
 
     def host_sync(*args, **kwargs):
         raise AssertionError("update() read a tensor value on the host")
@@ -308,6 +340,26 @@ def test_update_does_not_sync_on_cuda(index):
     torch.testing.assert_close(metric.compute().cpu(), cpu_metric.compute(), equal_nan=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric_cls", [Accuracy, F1Score, ConfusionMatrix])
+def test_out_of_range_labels_on_cuda_are_masked_without_sync_and_raise_at_compute(metric_cls):
+    metric = metric_cls(3).to("cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        metric.update(torch.tensor([0, 1, 2], device="cuda"), torch.tensor([0, 1, 1], device="cuda"))
+        metric.update(torch.tensor([0, 5], device="cuda"), torch.tensor([-1, 1], device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    clean = metric_cls(3)
+    clean.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]))
+    for name in clean._defaults:  # the counts as if the bad batch never came; its labels on record
+        same = torch.equal(getattr(metric, name).cpu(), getattr(clean, name))
+        assert same == (name not in ("out_of_range", "out_of_range_min", "out_of_range_max")), name
+    with pytest.raises(ValueError, match=r"preds has 1 label outside \[0, 3\): 5; target has 1 label .*: -1;"):
+        metric.compute()
+
+
 @pytest.mark.parametrize("index", range(len(all_metrics())))
 def test_sync_sums_states_across_ranks(index, monkeypatch):
     # Fake a 2-rank all_reduce: rank 0 receives rank 1's state for every state it reduces.
@@ -319,10 +371,10 @@ def test_sync_sums_states_across_ranks(index, monkeypatch):
     rank1.update(preds[cut:], target[cut:])
     both.update(preds, target)
     other_states = iter([getattr(rank1, name) for name in rank1._defaults])
+    merge = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.MIN: torch.minimum, dist.ReduceOp.MAX: torch.maximum}
 
     def all_reduce(tensor, op):
-        assert op == dist.ReduceOp.SUM
-        tensor += next(other_states)
+        merge[op](tensor, next(other_states), out=tensor)
 
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
@@ -331,19 +383,50 @@ def test_sync_sums_states_across_ranks(index, monkeypatch):
     torch.testing.assert_close(rank0.compute(), both.compute(), rtol=1e-12, atol=1e-12)
 
 
-def test_sync_with_a_real_single_rank_group(tmp_path):
+def test_sync_merges_the_out_of_range_record(monkeypatch):
+    # Two ranks each saw an out-of-range label on a GPU (the deferred path): after sync, the
+    # record names the smallest and the largest of both, and every rank's compute raises.
+    monkeypatch.setattr(classification, "_check_eagerly", lambda device: False)
+    rank0, rank1 = F1Score(4), F1Score(4)
+    rank0.update(torch.tensor([0, 1]), torch.tensor([7, 1]))
+    rank0.update(torch.tensor([2, 3]), torch.tensor([2, 3]))
+    rank1.update(torch.tensor([0, 1]), torch.tensor([-2, 1]))
+    other_states = iter([getattr(rank1, name) for name in rank1._defaults])
+    merge = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.MIN: torch.minimum, dist.ReduceOp.MAX: torch.maximum}
+
+    def all_reduce(tensor, op):
+        merge[op](tensor, next(other_states), out=tensor)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    rank0.sync()
+    assert rank0.confmat.sum().item() == 2  # only the clean batch of rank 0
+    with pytest.raises(ValueError, match=r"target has 2 labels outside \[0, 4\): lowest -2, highest 7;"):
+        rank0.compute()
+
+
+def test_sync_with_a_real_single_rank_group(tmp_path, monkeypatch):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     metric = MeanMetric()
     metric.update(torch.tensor([1.0, 2.0, 6.0]))
+    # Its SUM, MIN and MAX states through a real backend, with a deferred out-of-range record.
+    monkeypatch.setattr(classification, "_check_eagerly", lambda device: False)
+    confusion = ConfusionMatrix(3)
+    confusion.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    confusion.update(torch.tensor([4]), torch.tensor([0]))
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
     )
     try:
         metric.sync()
+        confusion.sync()
     finally:
         dist.destroy_process_group()
     assert metric.compute().item() == 3.0
+    assert confusion.confmat.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match=r"preds has 1 label outside \[0, 3\): 4;"):
+        confusion.compute()
 
 
 def test_sync_without_process_group_is_a_no_op():
@@ -382,6 +465,7 @@ def test_docstring_examples_run():
         (lambda: ConfusionMatrix(3, normalize="rows"), "normalize"),
         (lambda: R2Score(num_outputs=0), "num_outputs"),
         (lambda: R2Score(multioutput="variance_weighted"), "multioutput"),
+        (lambda: Metric().add_state("x", torch.zeros(()), reduce="mean"), "reduce must be one of"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(build, argument):

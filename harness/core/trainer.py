@@ -535,7 +535,7 @@ class Trainer:
 
     def _compute(self, metric: Any) -> Any:
         if isinstance(metric, Metric):
-            metric.sync()  # sums count tensors across ranks under torch.distributed; no-op otherwise
+            metric.sync()  # merges the states across ranks under torch.distributed; no-op otherwise
         return metric.compute()
 
     @contextlib.contextmanager

@@ -3,13 +3,16 @@
 The protocol (the same as torchmetrics and Ignite):
 
 - ``update(...)`` adds one batch to state tensors, in place, on their device. It never reads
-  a value on the host (no ``.item()``), so a validation loop runs without GPU syncs.
+  a value of a GPU tensor on the host (no ``.item()``), so a validation loop runs without GPU
+  syncs. (The classification metrics check their labels in ``update`` only on the CPU, where
+  the values are on the host already; elsewhere ``compute()`` raises: see
+  :mod:`harness.metrics.classification`.)
 - ``compute()`` derives the result from the states, as a tensor on the same device;
   convert it to a Python float only when logging (that is the one sync).
 - ``reset()`` restores the states' defaults; ``to(device)`` moves them and returns the metric.
-- ``sync()`` sums every state across ranks when ``torch.distributed`` is initialized (a no-op
-  otherwise). Every state is a count or a sum, so the summed states are exactly the states
-  of the metric over all ranks' data.
+- ``sync()`` merges every state across ranks when ``torch.distributed`` is initialized (a no-op
+  otherwise). Every state is a count or a sum (summed), or a smallest or largest value (merged
+  with min or max), so the merged states are exactly the states of the metric over all ranks' data.
 
 Undefined ratios are 0 (sklearn's ``zero_division=0``): e.g. the precision of a class that
 is never predicted. The mean of nothing (``MeanMetric``, regression metrics) is NaN.

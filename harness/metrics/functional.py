@@ -15,6 +15,7 @@ from torch import Tensor
 
 AVERAGES = ("micro", "macro", "weighted", "none", "binary")
 NORMALIZE_MODES = (None, "true", "pred", "all")
+INT64_MIN, INT64_MAX = torch.iinfo(torch.int64).min, torch.iinfo(torch.int64).max
 
 
 def to_labels(preds: Tensor, num_classes: int, threshold: float = 0.5) -> Tensor:
@@ -47,12 +48,35 @@ def to_labels(preds: Tensor, num_classes: int, threshold: float = 0.5) -> Tensor
     raise ValueError(f"preds has shape {tuple(preds.shape)}: expected (N, C) scores or (N,) labels")
 
 
-def add_to_confusion_matrix(confmat: Tensor, pred_labels: Tensor, target: Tensor) -> Tensor:
+def out_of_range(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Which labels lie outside ``[0, num_classes)``, summarized per row of ``labels`` ``(R, N)``.
+
+    Returns three int64 ``(R,)`` tensors on the labels' device: how many labels of each row are
+    out of range, the smallest and the largest of them. A row with none gives the identities of
+    min and max (int64 max and int64 min), so the summaries of several batches (or ranks) merge
+    exactly with sum, min and max. Nothing is read on the host.
+    """
+    labels = labels.long()
+    bad = (labels < 0) | (labels >= num_classes)
+    # Each row gets one identity column, so that a row of N = 0 labels still has a min and a max.
+    max_column = torch.full((labels.shape[0], 1), INT64_MAX, device=labels.device)
+    min_column = torch.full((labels.shape[0], 1), INT64_MIN, device=labels.device)
+    lowest = torch.cat([torch.where(bad, labels, max_column), max_column], dim=1).amin(dim=1)
+    highest = torch.cat([torch.where(bad, labels, min_column), min_column], dim=1).amax(dim=1)
+    return bad.sum(dim=1), lowest, highest
+
+
+def add_to_confusion_matrix(
+    confmat: Tensor, pred_labels: Tensor, target: Tensor, mask: Tensor | None = None
+) -> Tensor:
     """Add the counts of ``(target, pred_labels)`` pairs to ``confmat`` in place and return it.
 
     ``confmat`` is a contiguous ``(C, C)`` int64 tensor on the same device as the labels.
-    A label outside ``[0, C)`` makes this fail loudly (RuntimeError on CPU, device-side
-    assert on CUDA), as ``F.cross_entropy`` does: checking on the host would need a sync.
+    ``mask`` (a bool tensor broadcastable to ``(N,)``, e.g. one scalar for the whole batch)
+    selects the pairs to count; without it every pair is counted. A counted pair with a label
+    outside ``[0, C)`` makes this fail loudly (RuntimeError on CPU, device-side assert on
+    CUDA), as ``F.cross_entropy`` does: checking on the host would need a sync. The metrics
+    check their labels with :func:`out_of_range` and mask off a batch that has such a label.
     """
     num_classes = confmat.shape[0]
     pred_labels, target = pred_labels.long(), target.long()
@@ -64,7 +88,12 @@ def add_to_confusion_matrix(confmat: Tensor, pred_labels: Tensor, target: Tensor
     # instead of silently counting it in a wrong cell. scatter_add_ (not bincount) because
     # bincount must read max(index) on the host to size its output: a sync on CUDA.
     index = torch.where(valid, index, num_classes * num_classes)
-    confmat.view(-1).scatter_add_(0, index, torch.ones_like(index))
+    if mask is None:
+        counts = torch.ones_like(index)
+    else:
+        index = torch.where(mask, index, 0)  # a pair left out adds 0, to any cell in range
+        counts = mask.expand_as(index).long()
+    confmat.view(-1).scatter_add_(0, index, counts)
     return confmat
 
 
