@@ -38,6 +38,30 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     assert parse_override("a.b=1e-3") == (["a", "b"], 1e-3)
 
 
+def test_a_mapping_override_merges_into_the_section(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("optim: {name: sgd, lr: 0.1, weight_decay: 0.01, momentum: 0.5}\n"
+                    "trainer: {early_stopping: {monitor: val/loss, mode: min, patience: 2}}\n"
+                    "model: {name: mlp, args: {hidden: [8], dropout: 0.1}}\n"
+                    "metrics: {acc: {type: accuracy, top_k: 2}, f1: {type: f1}}\n")
+    recipe = load_recipe(path, ["optim={lr: 0.01}", "trainer={early_stopping: {patience: 5}, epochs: 2}",
+                                "metrics.acc={top_k: 3}"])
+    assert recipe.optim.lr == pytest.approx(0.01)
+    assert (recipe.optim.name, recipe.optim.weight_decay, recipe.optim.momentum) == ("sgd", 0.01, 0.5)
+    stopping = recipe.trainer.early_stopping
+    assert stopping is not None and (stopping.monitor, stopping.mode, stopping.patience) == ("val/loss", "min", 5)
+    assert recipe.trainer.epochs == 2
+    assert (recipe.metrics["acc"].type, recipe.metrics["acc"].top_k) == ("accuracy", 3)
+    # A mapping whose keys are the user's own (a model's arguments, the named metrics) is a value: it
+    # replaces, inside a merged section too; it is the one way to drop a key the file sets.
+    replaced = load_recipe(path, ["model={args: {hidden: [4]}}", "metrics={f1: {type: f1}}"])
+    assert replaced.model.name == "mlp" and replaced.model.args == {"hidden": [4]}
+    assert list(replaced.metrics) == ["f1"]
+    # A value that is not a mapping replaces what is there.
+    assert load_recipe(path, ["trainer.early_stopping=null"]).trainer.early_stopping is None
+    assert load_recipe(path, ["optim.param_groups=[{prefix: head, lr: 0.5}]"]).optim.param_groups[0].lr == 0.5
+
+
 def test_defaults_live_in_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("")
@@ -63,6 +87,11 @@ def test_defaults_live_in_the_schema(tmp_path: Path) -> None:
         ("", ["optim.lr"], "expected key=value"),
         ("optim:\n  lr: [1\n", [], "r.yaml:3: YAML syntax error"),
         ("- a\n- b\n", [], "a recipe must be a mapping"),
+        ("logging: {name: ../elsewhere}\n", [], "logging.name: Value error, must be one folder name under"),
+        ("", ["logging.name=/tmp/elsewhere"], "logging.name: Value error, must be one folder name"),
+        ("", ["logging.name=a/b"], "(got 'a/b')"),
+        ("", ["logging.name=a\\b"], "(got 'a\\\\b')"),
+        ("", ["logging.name=.."], "(got '..')"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_key(tmp_path: Path, text: str, overrides: list[str], expected: str) -> None:
@@ -96,6 +125,7 @@ def _cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> sub
         (["recipes/mnist.yaml", "data.name=imagenet"], "unknown dataset 'imagenet': choose one of"),
         (["recipes/mnist.yaml", "trainer.device=cuda:7"], "device 'cuda:7'"),
         (["recipes/mnist.yaml", "trainer.monitor=val/nope"], "'val/nope' is never logged"),
+        (["recipes/mnist.yaml", "logging.name=../outside"], "logging.name: Value error, must be one folder name"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
@@ -107,6 +137,44 @@ def test_cli_bad_input_exits_2_with_one_line(args: list[str], expected: str, tmp
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+BROKEN_MODULES = {
+    "raises_on_import.py": "raise RuntimeError('no GPU driver found')\n",
+    "bad_syntax.py": "def net(:\n    pass\n",
+    "needs_a_dependency.py": "import a_dependency_nobody_installed\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.name=raises_on_import:Net",
+         "error: model.name 'raises_on_import:Net': cannot import it: importing 'raises_on_import' failed: "
+         "RuntimeError: no GPU driver found"),
+        ("model.name=bad_syntax:Net",
+         "error: model.name 'bad_syntax:Net': cannot import it: importing 'bad_syntax' failed: "
+         "SyntaxError: invalid syntax (bad_syntax.py, line 1)"),
+        ("model.name=needs_a_dependency:Net",
+         "error: model.name 'needs_a_dependency:Net': cannot import it: importing 'needs_a_dependency' failed: "
+         "ModuleNotFoundError: No module named 'a_dependency_nobody_installed'"),
+        ("model.name=nowhere.models:Net",
+         "error: model.name 'nowhere.models:Net': cannot import it: no module named 'nowhere.models'; "
+         "it must be on PYTHONPATH (or importable from the working directory)"),
+        ("data.name=import:raises_on_import:load",
+         "error: data.name 'import:raises_on_import:load': cannot import it: importing 'raises_on_import' failed: "
+         "RuntimeError: no GPU driver found"),
+    ],
+)
+def test_cli_an_import_path_that_fails_to_import_is_one_line(override: str, expected: str, tmp_path: Path) -> None:
+    import os
+
+    for name, code in BROKEN_MODULES.items():
+        (tmp_path / name).write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HARNESS_DATA_DIR": str(tmp_path / "no-data")}
+    result = _cli("recipes/mnist.yaml", override, "data.download=false", env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 def test_cli_missing_data_offline_names_the_files(tmp_path: Path) -> None:

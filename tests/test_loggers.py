@@ -4,6 +4,7 @@ and temporary files of an interrupted checkpoint write are cleared."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from harness.core.callbacks import ModelCheckpoint
@@ -35,3 +36,16 @@ def test_model_checkpoint_clears_stale_temporary_files(tmp_path: Path) -> None:
     ModelCheckpoint(folder).on_fit_start(trainer=None)  # type: ignore[arg-type]
     assert not stale.exists()
     assert keep.read_bytes() == b"complete"
+
+
+def test_jsonl_logger_writes_strict_json_with_null_for_non_finite_values(tmp_path: Path) -> None:
+    logger = JsonlLogger(tmp_path / "history.jsonl")
+    logger.log({"epoch": 1, "train/loss": 0.5, "val/loss": math.nan, "val/acc": math.inf, "lr": -math.inf}, 1)
+    logger.close()
+
+    def refuse(constant: str) -> None:  # Python's json.loads would accept NaN and Infinity
+        raise ValueError(f"not JSON: {constant}")
+
+    line = (tmp_path / "history.jsonl").read_text()
+    assert json.loads(line, parse_constant=refuse) == {"step": 1, "epoch": 1, "train/loss": 0.5, "val/loss": None,
+                                                       "val/acc": None, "lr": None}

@@ -369,3 +369,38 @@ def test_resume_with_more_epochs_than_a_per_step_schedule_spans(capsys, fake_arg
 ])
 def test_bad_settings_fail_with_one_line(capsys, fake_args, override: str, expected: str) -> None:
     assert expected in cli_error(capsys, MLP_RECIPE, *fake_args, override)
+
+
+class NotJustTensors:
+    """Pickled by reference: loading it would run this module's code, which weights_only refuses."""
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_saying_why(capsys, fake_args, tmp_path: Path) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "harness-checkpoint-v1", "model": NotJustTensors()}, path)
+    line = cli_error(capsys, MLP_RECIPE, *fake_args, "--resume", str(path))
+    assert line.startswith(f"error: {path}: cannot be read as a checkpoint (Unsupported global: ")
+    assert "NotJustTensors was not an allowed global" in line
+    assert line.endswith("; the harness loads only tensors and plain data, never pickled code)")
+    assert "weights_only" not in line and "\x1b" not in line  # no advice to turn the check off
+
+
+def test_a_truncated_checkpoint_gives_the_reason_without_the_advice(capsys, fake_args, tmp_path: Path) -> None:
+    data = tmp_path / "data.pt"
+    torch.save({"w": torch.zeros(1000)}, data)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data.read_bytes()[:2000])
+    line = cli_error(capsys, MLP_RECIPE, *fake_args, "--resume", str(truncated))
+    assert line == (f"error: {truncated}: cannot be read as a checkpoint "
+                    "(PytorchStreamReader failed reading zip archive: failed finding central directory)")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_checkpoints_get_the_permissions_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        atomic_save({"w": torch.zeros(3)}, tmp_path / "checkpoints" / "last.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "checkpoints" / "last.pt").stat().st_mode & 0o777 == mode
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]  # no temporary file left

@@ -3,6 +3,10 @@ it does not sync with the host per step, and any duck-typed metric plugs in."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -179,3 +183,21 @@ def test_device_auto_is_cpu_here_and_cuda_request_fails_clearly() -> None:
             resolve_device("cuda")
     with pytest.raises(HarnessError, match="allowed: auto, cpu"):
         resolve_device("tpu:0")
+
+
+def test_a_non_finite_validation_loss_warns_once_per_pass_and_is_logged_as_null(tmp_path: Path, capsys) -> None:
+    x, y = blobs(n=400)
+    val_x = x[300:].clone()
+    val_x[5, 3] = math.nan  # one bad pixel in the validation inputs
+    trainer = make_trainer(mlp(), log_dir=tmp_path)
+    history = trainer.fit(batches(x[:300], y[:300]), batches(val_x, y[300:]), epochs=2)
+    trainer.evaluate(batches(x[300:], y[300:]))  # a finite test pass: no warning
+    trainer.close()
+    assert [math.isnan(h["val/loss"]) for h in history] == [True, True]
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == ["warning: val/loss is nan: a NaN or infinity in the inputs or the model's outputs "
+                        "(the JSON files record it as null)"] * 2
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [line.get("val/loss", "absent") for line in lines] == [None, None, "absent"]
+    assert math.isfinite(lines[-1]["test/loss"])
+    assert "NaN" not in (tmp_path / "history.jsonl").read_text()

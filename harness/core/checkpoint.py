@@ -8,7 +8,8 @@ the resolved recipe); this module knows neither the Trainer nor its callbacks.
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,13 @@ REQUIRED_KEYS = ("format", "model", "optimizer", "epoch", "global_step", "histor
 
 def atomic_save(obj: Any, path: str | Path, raw: bool = False) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash at any
-    instant leaves either the old file or the new one, never a truncated one."""
+    instant leaves either the old file or the new one, never a truncated one.
+
+    The file gets the permissions of any other new file (0o666 less the umask), not tempfile's 0o600:
+    teammates who can read the run folder can read its checkpoints and reports."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             if raw:
@@ -48,6 +52,17 @@ def atomic_save(obj: Any, path: str | Path, raw: bool = False) -> None:
     faults.reached("save:renamed")
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty `.<name>.<random>.tmp` beside `path`, opened for writing. os.open's mode is masked
+    by the umask (and a default ACL) as for any new file; O_EXCL never reuses someone else's file."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # 48 random bits taken already: draw again
+            continue
+
+
 def atomic_copy(source: str | Path, destination: str | Path) -> None:
     """Copy a file with the same all-or-nothing guarantee as `atomic_save`."""
     atomic_save(Path(source).read_bytes(), destination, raw=True)
@@ -59,8 +74,34 @@ def load_file(path: Path, where: str, as_what: str = "") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled code objects...
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise HarnessError(f"{where}: cannot be read{as_what} ({reason})") from None
+        raise HarnessError(f"{where}: cannot be read{as_what} ({_unreadable_reason(e)})") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The lines of torch's weights_only error that explain torch's options rather than what is in the file.
+_TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "Please file an issue", "Check the documentation")
+
+
+def _unreadable_reason(error: Exception) -> str:
+    """What is wrong with a file torch.load refused, in one line: the first sentence that names it.
+
+    A weights_only refusal is stated as what it is (the unsupported global or opcode). Its advice to
+    pass weights_only=False is left out: the harness never loads pickled code, whoever made the file."""
+    text = _ANSI.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        causes = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines
+                  if not line.startswith(_TORCH_ADVICE)]
+        cause = _first_sentence(next((c for c in causes if c), "")) or "it holds more than tensors and plain data"
+        return f"{cause}; the harness loads only tensors and plain data, never pickled code"
+    first = _first_sentence(lines[0]) if lines else ""
+    if not re.search("[A-Za-z]", first):  # e.g. KeyError: 101 from bytes that are no torch.save file
+        return f"not a file torch.save wrote: {type(error).__name__}{f' {first}' if first else ''}"
+    return first
+
+
+def _first_sentence(line: str) -> str:
+    return line.split(". ", 1)[0].rstrip(".").strip()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

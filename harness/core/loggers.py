@@ -6,6 +6,7 @@ TensorBoard is imported only when a TensorBoardLogger is made (it costs a second
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +21,26 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
+def finite_or_none(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_none(value) for value in data]
+    return data
+
+
+def strict_json(data: Any, indent: int | None = None) -> str:
+    """JSON that every parser reads: a non-finite float becomes null (Python's json would write a
+    bare NaN or Infinity, which is not JSON); allow_nan=False guards against anything left."""
+    return json.dumps(finite_or_none(data), indent=indent, allow_nan=False)
+
+
 class JsonlLogger:
     """Appends one JSON object per `log` call to a file, flushed at once so a crash loses nothing.
+    Strict JSON: a NaN or infinite scalar is written as null.
 
     purge_step: on resume, lines at or after this step are dropped first — a run killed between
     logging an epoch and checkpointing it would otherwise repeat that epoch (as TensorBoard's purge_step).
@@ -36,7 +55,7 @@ class JsonlLogger:
         self._file = self.path.open("a")
 
     def log(self, scalars: dict[str, float], step: int) -> None:
-        self._file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._file.write(strict_json({"step": step, **scalars}) + "\n")
         self._file.flush()
         faults.reached("history:written")
 

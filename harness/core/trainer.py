@@ -8,7 +8,9 @@ feature on the loop with a `Callback`. The Trainer knows nothing of YAML or the 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -376,6 +378,7 @@ class Trainer:
         results = {"loss": loss}
         results.update({name: self._compute(metric) for name, metric in self.metrics.items()})
         out = {f"{prefix}/{name}": _to_python(value) for name, value in results.items()}
+        _warn_if_not_finite(f"{prefix}/loss", out[f"{prefix}/loss"])
         self._call("on_validation_end", out)
         self.model.train(was_training)
         if self.last_pass_samples == 0:  # figures of nothing (accuracy 0.0) must not pick a best.pt
@@ -572,6 +575,14 @@ def epoch_line(logs: Mapping[str, Any], epochs: int) -> str:
                       if isinstance(v, float) and k not in ("epoch_seconds", "samples_per_s"))
     return (f"epoch {logs['epoch']}/{epochs}  {shown}  {logs['epoch_seconds']:.1f}s  "
             f"{logs['samples_per_s']:.0f} samples/s")
+
+
+def _warn_if_not_finite(name: str, value: float) -> None:
+    """One stderr line per pass (rank 0) when a validation or test loss is NaN or infinite: the run goes
+    on, and the JSON files record the value as null."""
+    if not math.isfinite(value) and is_main_process():
+        print(f"warning: {name} is {value}: a NaN or infinity in the inputs or the model's outputs "
+              "(the JSON files record it as null)", file=sys.stderr, flush=True)
 
 
 def _num_batches(data: Iterable[Any], limit: int | None) -> int | None:

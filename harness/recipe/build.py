@@ -6,7 +6,6 @@ thing everywhere. Errors are `HarnessError` lines naming the recipe key.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.recipe.data import Data
+from harness.recipe.imports import import_object
 from harness.recipe.schedules import build_scheduler
 from harness.recipe.schema import LossConfig, MetricConfig, ModelConfig, OptimConfig, Recipe
 from models import MODELS
@@ -30,11 +30,7 @@ from models import MODELS
 def build_model(cfg: ModelConfig) -> nn.Module:
     """`model.name` from `models.MODELS`, or `package.module:Class`, called with `model.args`."""
     if ":" in cfg.name:
-        module_name, _, attr = cfg.name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise HarnessError(f"model.name {cfg.name!r}: cannot import it ({e})") from None
+        cls = import_object(cfg.name, f"model.name {cfg.name!r}")
     else:
         if cfg.name not in MODELS:
             raise HarnessError(

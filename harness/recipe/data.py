@@ -8,7 +8,6 @@ path for datasets, this rank's shard under torchrun.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,6 +30,7 @@ from harness.data import (
 )
 from harness.data.map_style import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import HarnessError
+from harness.recipe.imports import import_object
 from harness.recipe.schema import DataConfig
 
 
@@ -225,11 +225,7 @@ IMPORT_KEYS = ("train", "test", "val", "classes")
 
 def _import_source(cfg: DataConfig) -> DataSource:
     """`import:package.module:function`: `function(cfg)` returns {"train", "test", optional "val", "classes"}."""
-    module_name, _, attr = cfg.name.removeprefix("import:").partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise HarnessError(f"data.name {cfg.name!r}: cannot import it ({e})") from None
+    function = import_object(cfg.name.removeprefix("import:"), f"data.name {cfg.name!r}")
     result = function(cfg)
     shape = "a dict with 'train' and 'test' (datasets, ImageTensors or loaders), optional 'val' and 'classes'"
     if not isinstance(result, dict) or "train" not in result or "test" not in result:

@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
-import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from harness.core.callbacks import ModelCheckpoint
 from harness.core.checkpoint import atomic_save
+from harness.core.loggers import strict_json
+from harness.errors import HarnessError
 from harness.recipe.schema import Recipe, dump_yaml
 
 CONFIG = "config.yaml"
@@ -31,21 +33,52 @@ def run_name(recipe: Recipe, recipe_path: str | Path | None) -> str:
 
 
 def new_run_folder(parent: str | Path) -> Path:
-    """Create and return <parent>/<timestamp>/ (`-2`, `-3`, ... when that second is taken)."""
+    """Create and return <parent>/<timestamp>/ (`-2`, `-3`, ... when that second is taken).
+
+    The folder is claimed by `mkdir` itself, not by a look first: runs started at the same instant
+    in several processes each get their own folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(parent) / stamp
-    suffix = 1
-    while folder.exists():  # two runs started in the same second get their own folders
-        suffix += 1
-        folder = Path(parent) / f"{stamp}-{suffix}"
-    folder.mkdir(parents=True)
-    return folder
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        folder, suffix = parent / stamp, 1
+        while True:
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:  # taken, by an earlier run or a concurrent one: the next suffix
+                suffix += 1
+                folder = parent / f"{stamp}-{suffix}"
+    except OSError as e:  # check_run_parent catches most of these before any work; this is the backstop
+        raise HarnessError(f"logging.root: cannot make a run folder in {parent} ({e.strerror or e})") from None
+
+
+def command_parent(recipe: Recipe, recipe_path: str | Path | None, command: str | None = None) -> Path:
+    """Where a recipe's run folders go: <logging.root>/<name>[-<command>]/."""
+    return Path(recipe.logging.root) / (run_name(recipe, recipe_path) + (f"-{command}" if command else ""))
 
 
 def command_folder(recipe: Recipe, recipe_path: str | Path | None, command: str | None = None) -> Path:
     """A new run folder for a recipe: <logging.root>/<name>[-<command>]/<timestamp>/."""
-    name = run_name(recipe, recipe_path) + (f"-{command}" if command else "")
-    return new_run_folder(Path(recipe.logging.root) / name)
+    return new_run_folder(command_parent(recipe, recipe_path, command))
+
+
+def check_run_parent(recipe: Recipe, recipe_path: str | Path | None, command: str | None = None) -> None:
+    """Fail before any work (no data read, nothing created) when `command_folder` could not make its
+    folder: a file in the way of `logging.root`, or a folder this process may not write to."""
+    root = recipe.logging.root
+    existing = command_parent(recipe, recipe_path, command)
+    try:
+        while not existing.exists():  # the nearest existing folder: where mkdir would start creating
+            existing = existing.parent
+    except OSError as e:
+        raise HarnessError(f"logging.root={root!r}: cannot look at {existing} ({e.strerror or e})") from None
+    if not existing.is_dir():
+        raise HarnessError(f"logging.root={root!r}: {existing} is a file, not a folder; "
+                           "give logging.root a folder where run folders can be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HarnessError(f"logging.root={root!r}: the folder {existing} is not writable; "
+                           "give logging.root a folder you can write to")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -68,8 +101,8 @@ def write_config(run_dir: Path, recipe: Recipe) -> Path:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """A JSON report, written atomically."""
-    atomic_save(json.dumps(data, indent=2).encode(), path, raw=True)
+    """A JSON report, written atomically; strict JSON: a NaN or infinity is written as null."""
+    atomic_save(strict_json(data, indent=2).encode(), path, raw=True)
     return path
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -167,8 +168,16 @@ class SchedulerConfig(Section):
 
 class LoggingConfig(Section):
     root: str = "runs"  # run folders go to <root>/<name>/<timestamp>/
-    name: str | None = None  # None: the recipe file's stem
+    name: str | None = None  # None: the recipe file's stem; one folder name, never a path
     tensorboard: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str | None) -> str | None:
+        # A separator, ".." or an absolute path would put the run outside logging.root.
+        if name in (".", "..") or (name is not None and any(sep in name for sep in "/\\")):
+            raise ValueError("must be one folder name under logging.root: no '/' or '\\', not '.' or '..'")
+        return name
 
 
 def _default_metrics() -> dict[str, MetricConfig]:
@@ -244,6 +253,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one override in the raw recipe. A mapping given for a section merges into what the file has
+    (recursively, sub-sections too), the way Hydra-style overrides do: `optim={lr: 0.01}` changes lr and
+    keeps the file's other optim keys. Any other value replaces, and so does a mapping for a key whose
+    keys are the user's own (`model.args`, `metrics`): there is no other way to drop one of the file's."""
     keys, value = parse_override(item)
     node = raw
     for depth, key in enumerate(keys[:-1]):
@@ -252,7 +265,38 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             dotted = ".".join(keys[: depth + 1])
             raise HarnessError(f"override {item!r}: {dotted} is not a section")
         node = child
-    node[keys[-1]] = value
+    node[keys[-1]] = _merged(node.get(keys[-1]), value, keys)
+
+
+def _merged(old: Any, new: Any, keys: list[str]) -> Any:
+    """`new` merged into `old` key by key when both are mappings and `keys` names a section; else `new`."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or _section_at(keys) is None:
+        return new
+    return {**old, **{key: _merged(old.get(key), value, [*keys, key]) for key, value in new.items()}}
+
+
+def _section_at(keys: list[str]) -> type[BaseModel] | None:
+    """The schema section a dotted key names (`optim`, `trainer.early_stopping`, `metrics.acc`); None for
+    a value, an unknown key, or a mapping of the user's own keys (`model.args`, `metrics`)."""
+    annotation: Any = Recipe
+    for key in keys:
+        section = _section_type(annotation)
+        if section is not None:
+            field = section.model_fields.get(key)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:  # metrics.<name>: the type of the mapping's values
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return _section_type(annotation)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """`OptimConfig` or `EMAConfig | None` -> that section; a dict, list or plain type -> None."""
+    candidates = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return next((t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)), None)
 
 
 def _describe(error: ValidationError, raw: dict[str, Any], source: str) -> str:

@@ -42,7 +42,7 @@ from harness.metrics.report import classification_summary
 from harness.recipe.build import build_evaluator
 from harness.recipe.choices import DEFAULT_SPARSITIES
 from harness.recipe.parts import build_evaluation, setup
-from harness.recipe.run_folder import command_folder, write_config, write_json
+from harness.recipe.run_folder import check_run_parent, command_folder, write_config, write_json
 from harness.recipe.schema import MetricConfig, Recipe
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -110,6 +110,8 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
     sparsities = sorted(set(sparsities))
     if any(not 0 < s < 1 for s in sparsities):
         raise HarnessError(f"--sparsities {','.join(map(str, sparsities))}: each must be between 0 and 1 (exclusive)")
+    if write:
+        check_run_parent(recipe, recipe_path, "compress")  # the folder itself is made after the measurements
     # CPU and float32 whatever the recipe trained with: the int8 kernels are CPU-only, and every row
     # must be timed on the same device.
     recipe = recipe.model_copy(deep=True)

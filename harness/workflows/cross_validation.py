@@ -36,7 +36,7 @@ from harness.metrics.report import format_table, mean_std
 from harness.recipe.build import build_model, epochs_to_run
 from harness.recipe.data import is_loader, load_data_source
 from harness.recipe.parts import build_training, setup
-from harness.recipe.run_folder import command_folder, write_config, write_json
+from harness.recipe.run_folder import check_run_parent, command_folder, write_config, write_json
 from harness.recipe.schema import Recipe
 
 
@@ -56,6 +56,8 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
         raise HarnessError(f"--folds must be at least 2 (K-fold cross-validation holds out 1/K each time), got {folds}")
     if t.overfit_batches:
         raise HarnessError("trainer.overfit_batches does not apply to cross-validation; leave it at 0")
+    if not t.fast_dev_run:
+        check_run_parent(recipe, recipe_path, "cv")  # the folder itself is made once the folds are known
     env = setup(recipe)
     build_model(recipe.model)  # a bad model name fails before the data is read
     # The training split exactly as build_data sees it (data.classes applied, any source), so the

@@ -35,7 +35,7 @@ from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.recipe.parts import build_training, setup
-from harness.recipe.run_folder import command_folder, write_config, write_json
+from harness.recipe.run_folder import check_run_parent, command_folder, write_config, write_json
 from harness.recipe.schema import Recipe
 
 if TYPE_CHECKING:
@@ -202,6 +202,8 @@ def lr_find(recipe: Recipe, recipe_path: str | Path | None = None, *, start_lr: 
 
     Returns the JSON written to lr_find.json (plus "run_dir" when `write`)."""
     _check_range(start_lr, end_lr, steps)  # before any data is read
+    if write:
+        check_run_parent(recipe, recipe_path, "lr_find")  # the folder itself is made after the sweep
     # The parts training would use, model.init_from included: the sweep starts from the same weights.
     parts = build_training(recipe, setup(recipe), run_dir=None)
     result = find_lr(parts.trainer, parts.data.train, start_lr=start_lr, end_lr=end_lr, steps=steps)

@@ -32,7 +32,14 @@ from harness.recipe.build import epochs_to_run
 from harness.recipe.data import Data
 from harness.recipe.parts import build_training, setup
 from harness.recipe.resume import check_resume, recorded_run_folder
-from harness.recipe.run_folder import SUMMARY, command_folder, last_checkpoint, write_config, write_summary
+from harness.recipe.run_folder import (
+    SUMMARY,
+    check_run_parent,
+    command_folder,
+    last_checkpoint,
+    write_config,
+    write_summary,
+)
 from harness.recipe.schema import Recipe, dump_yaml
 
 
@@ -64,6 +71,8 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         recipe, t = self.recipe, self.recipe.trainer
+        if not t.fast_dev_run and self.run_dir is None and self.resume is None:
+            check_run_parent(recipe, self.recipe_path)  # a bad logging.root fails now, not after the data
         # Under torchrun: the process group (the command's exit tears it down) and this rank's GPU;
         # a bad device fails here, before any data is read.
         env = setup(recipe)
