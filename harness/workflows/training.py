@@ -81,6 +81,7 @@ class Run:
         if resumed is not None:
             check_resume(resumed, recipe, self.resume)
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
+        made_here = self.run_dir is None and resumed is None  # a new folder this run makes for itself
         self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir(resumed)
         finished = self._finished_summary(resumed)
         if finished is not None:
@@ -90,9 +91,12 @@ class Run:
                                    resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
                                    callbacks=self.callbacks)
         except HarnessError:
-            # Bad input found while building: leave no empty run folder behind.
-            if self.run_dir is not None and resumed is None and not any(self.run_dir.iterdir()):
+            # Bad input found while building: leave no empty run folder behind, nor the empty
+            # <logging.root>/<name>/ made for it.
+            if made_here and self.run_dir is not None and not any(self.run_dir.iterdir()):
                 self.run_dir.rmdir()
+                if not any(self.run_dir.parent.iterdir()):
+                    self.run_dir.parent.rmdir()
             raise
         self.data, self.trainer = parts.data, parts.trainer
         trainer, data = parts.trainer, parts.data
