@@ -7,11 +7,12 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Interrupted
 
 EXIT_BAD_INPUT = 2
 
@@ -41,6 +42,7 @@ def run_command(command: Callable[[], Any]) -> int:
     from harness.core.trainer import NonFiniteLossError, TrainingInterrupted  # noqa: PLC0415
 
     code = 1  # a genuine bug: the traceback propagates, and a torchrun worker still exits non-zero
+    previous = _raise_on_signals()
     try:
         command()
         code = 0
@@ -52,9 +54,16 @@ def run_command(command: Callable[[], Any]) -> int:
         code = EXIT_BAD_INPUT if isinstance(e, HarnessError) else 1
     except TrainingInterrupted as e:
         code = 128 + e.signum
-    except KeyboardInterrupt:
-        code = 128 + signal.SIGINT
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        hint = f"; {e.hint}" if isinstance(e, Interrupted) and e.hint else ""
+        if is_main_process() and os.environ.get("RANK", "0") == "0":
+            print(f"interrupted by {signal.Signals(signum).name} outside the training loop (while starting up, "
+                  f"testing or writing reports): every file written so far is whole{hint}", file=sys.stderr)
+        code = 128 + signum
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         worker = process_group_is_up()
         cleanup(succeeded=code == 0)
         if worker:
@@ -62,3 +71,16 @@ def run_command(command: Callable[[], Any]) -> int:
                 traceback.print_exc()
             exit_without_finalizing(code)
     return code
+
+
+def _raise_on_signals() -> dict[int, Any]:
+    """SIGINT and SIGTERM raise `Interrupted` (until the command ends), so a signal outside the
+    training loop ends with one line and 130 / 143 instead of silence; returns the previous handlers.
+    The Trainer installs its own handlers for the loop and puts these back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    return {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}

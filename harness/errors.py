@@ -1,4 +1,5 @@
-"""The one exception type the command line turns into a single clear line and exit code 2."""
+"""The exceptions the command line turns into one clear line and an exit code: bad input (2) and a
+signal outside the training loop (128 + the signal number)."""
 
 
 class HarnessError(Exception):
@@ -7,3 +8,13 @@ class HarnessError(Exception):
     The message is one line that names the file, key or value and says what is allowed.
     Commands catch it, print ``error: <message>`` and exit with code 2; no traceback.
     """
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived outside the training loop (while starting up, testing or writing
+    reports); inside it the Trainer finishes the step and saves instead. `hint` says how to go on."""
+
+    def __init__(self, signum: int, hint: str | None = None) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+        self.hint = hint

@@ -6,7 +6,10 @@ epoch is logged twice, and a finished run is not tested twice."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,35 @@ def test_resuming_a_finished_run_says_so_and_tests_nothing_again(args, tmp_path:
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix != ".yaml"} == \
         {k: v for k, v in files.items() if not k.endswith(".yaml")}
     assert history_epochs(run) == [1, 2, None]
+
+
+def _cli(*argv: str, kill: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HARNESS_KILL_AT", None)
+    if kill:
+        env["HARNESS_KILL_AT"] = kill
+    return subprocess.run([sys.executable, "-m", "harness.train", *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_sigterm_during_the_final_test_says_how_to_finish_and_the_resume_tests_once(args, tmp_path: Path) -> None:
+    stopped = _cli(MLP_RECIPE, *args, kill="run:testing:1:TERM")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    [line] = stopped.stderr.strip().splitlines()
+    assert line.startswith("interrupted by SIGTERM outside the training loop") and "--resume" in line
+    [run] = run_folders(tmp_path)
+    assert not (run / "summary.json").exists()
+    command = line.split("to run the test: ", 1)[1].split()
+    assert command[:3] == ["python", "-m", "harness.train"]
+    finished = _cli(*command[3:])
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert history_epochs(run) == [1, 2, None]
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_sigterm_while_starting_up_is_one_line_and_leaves_no_run_folder(args, tmp_path: Path) -> None:
+    stopped = _cli(MLP_RECIPE, *args, kill="run:building:1:TERM")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    [line] = stopped.stderr.strip().splitlines()
+    assert line.startswith("interrupted by SIGTERM outside the training loop")
+    assert run_folders(tmp_path) == []

@@ -2,7 +2,8 @@
 killed at any of them resumes to the same files as an uninterrupted run.
 
 `HARNESS_KILL_AT=<point>:<n>` sends SIGKILL to this process the n-th time it reaches `<point>`
-(n counts from 1). Unset, as in every normal run, `reached` is one dictionary lookup.
+(n counts from 1); `<point>:<n>:TERM` (or INT) sends that signal instead. Unset, as in every normal
+run, `reached` is one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ POINTS = (
     "history:written",  # an epoch's line is in history.jsonl
     "tensorboard:flushed",  # an epoch's scalars are flushed to the event file
 )
+OTHER_POINTS = (
+    "run:building",  # the run folder exists; the model, data and Trainer are being built
+    "run:testing",  # training is done and saved; the final test is about to run
+)
 _seen: Counter[str] = Counter()
 
 
@@ -27,6 +32,14 @@ def reached(point: str) -> None:
     if not wanted:
         return
     _seen[point] += 1
-    name, _, count = wanted.rpartition(":")
-    if name == point and _seen[point] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    name, count, signame = _parse(wanted)
+    if name == point and _seen[point] == count:
+        os.kill(os.getpid(), signal.Signals[f"SIG{signame}"])
+
+
+def _parse(wanted: str) -> tuple[str, int, str]:
+    """"save:renamed:3" -> ("save:renamed", 3, "KILL"); "run:testing:1:TERM" -> ("run:testing", 1, "TERM")."""
+    parts = wanted.split(":")
+    signame = parts.pop() if parts[-1].isalpha() and parts[-1].isupper() else "KILL"
+    count = int(parts.pop()) if parts[-1].isdigit() else 1
+    return ":".join(parts), count, signame

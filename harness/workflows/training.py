@@ -22,12 +22,13 @@ import torch
 import torchvision
 
 from harness import __version__
+from harness.core import faults
 from harness.core.callbacks import Callback, ModelCheckpoint, best_entry
 from harness.core.checkpoint import read_checkpoint
 from harness.core.device import unwrap_model
 from harness.core.distributed import broadcast_object, broadcast_tensors
 from harness.core.trainer import Trainer
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Interrupted
 from harness.recipe.build import epochs_to_run
 from harness.recipe.data import Data
 from harness.recipe.parts import build_training, setup
@@ -87,11 +88,12 @@ class Run:
         if finished is not None:
             return finished
         try:
+            faults.reached("run:building")
             parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
                                    resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
                                    callbacks=self.callbacks)
-        except HarnessError:
-            # Bad input found while building: leave no empty run folder behind, nor the empty
+        except (HarnessError, Interrupted):
+            # Bad input found (or a signal) while building: leave no empty run folder behind, nor the empty
             # <logging.root>/<name>/ made for it.
             if made_here and self.run_dir is not None and not any(self.run_dir.iterdir()):
                 self.run_dir.rmdir()
@@ -117,7 +119,13 @@ class Run:
             if env.dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
                 broadcast_tensors(_tested_tensors(trainer))
                 tested = broadcast_object(tested)
-            test = trainer.evaluate(data.test)
+            try:
+                faults.reached("run:testing")
+                test = trainer.evaluate(data.test)
+            except Interrupted as e:
+                if self.run_dir is not None:
+                    e.hint = f"training is complete and saved; to run the test: {self._resume_hint()}"
+                raise
         finally:
             trainer.close()
         summary = self._summary(test, tested, fit_seconds, time.perf_counter() - started)
