@@ -24,9 +24,10 @@ def command_parser(command: str, description: str, examples: str) -> argparse.Ar
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def run_command(command: Callable[[], Any]) -> int:
+def run_command(command: Callable[[], int | None]) -> int:
     """Run `command`; bad input -> exit 2, NaN halt -> 1, SIGINT -> 130, SIGTERM -> 143. No tracebacks
-    for these; a genuine bug still shows its traceback.
+    for these; a genuine bug still shows its traceback. A command that finished but must report a
+    failure (compare: one model failed) returns its exit code; None is success.
 
     A torchrun worker (a process group is up when the command ends) tears the group down after the
     other ranks have finished too and then exits at once with its code: see
@@ -44,8 +45,8 @@ def run_command(command: Callable[[], Any]) -> int:
     code = 1  # a genuine bug: the traceback propagates, and a torchrun worker still exits non-zero
     previous = _raise_on_signals()
     try:
-        command()
-        code = 0
+        returned = command()
+        code = returned if isinstance(returned, int) else 0
     except (HarnessError, NonFiniteLossError) as e:
         # Under torchrun every rank meets the same bad input (and NaN halts are agreed across ranks):
         # say it once, from rank 0.

@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def command() -> None:
+    def command() -> int:
         # Imported here, not at the top: the workflow imports torch, and `--help` should not wait for it.
         from harness.workflows.comparison import compare  # noqa: PLC0415
 
@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise HarnessError(f"--checkpoint {item!r}: expected MODEL=PATH, e.g. mnist=runs/mnist/<time>/"
                                    "checkpoints/best.pt")
             checkpoints[label] = path
-        compare(args.recipes, args.overrides, seeds=seeds, checkpoints=checkpoints)
+        result = compare(args.recipes, args.overrides, seeds=seeds, checkpoints=checkpoints)
+        if result["failed"]:
+            print(f"error: {len(result['failed'])} of {len(result['runs'])} runs failed (see the table's notes); "
+                  f"the others' figures are in {result['compare_dir']}/compare.md", file=sys.stderr)
+            return 1
+        return 0
 
     return run_command(command)
 

@@ -67,9 +67,17 @@ def test_grid_runs_every_trial_ranked_by_the_monitor(tmp_path: Path, fake_mnist:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert config["optim"]["lr"] == float(row["optim.lr"]) and config["optim"]["name"] == row["optim.name"]
         assert summary["best_value"] == pytest.approx(float(row["val/acc"]))
-        assert summary["test"]["acc"] == pytest.approx(float(row["test/acc"]))
+        assert summary["test"] is None and summary["test_covers"] == "not tested"  # no trial tests while choosing
         assert hparams_of(run_dir) == {"optim.lr": float(row["optim.lr"]), "optim.name": row["optim.name"]}
+    # Only the chosen trial touches the test split, once, after the search: its best.pt, scored by evaluate.
+    chosen = Path(rows[0]["run_dir"])
+    (tested,) = [Path(r["run_dir"]) for r in rows if list(Path(r["run_dir"]).glob("eval-*.json"))]
+    assert tested == chosen
+    report = json.loads((chosen / "eval-best-test.json").read_text())
+    assert report["num_samples"] == 40 and float(rows[0]["test/accuracy"]) == report["accuracy"]
+    assert all(r["test/accuracy"] == "" for r in rows[1:])
     assert "rank  trial  optim.lr  optim.name  val/acc" in out
+    assert f"# test: only trial {rows[0]['trial']}, the chosen one, was scored on the test split" in out
 
 
 def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, fake_mnist: Path,
@@ -137,6 +145,9 @@ def test_parsing_grids_and_ranges() -> None:
     (["--random", "2", "--range", "optim.lr=1:0"], "low must be smaller"),
     (["--random", "2", "--range", "optim.lr=0:1e-1:log"], "log range needs low > 0"),
     (["--random", "2", "--range", "optim.lrr=1e-4:1e-1:log"], "unknown key 'optim.lrr'"),
+    (["--random", "2", "--range", "optim.lr=-1:1"], "error: --range optim.lr=-1:1: optim.lr: Input should be greater "
+                                                    "than 0 (got -1)"),
+    (["--optuna", "2", "--range", "optim.lr=0:0.1"], "--range optim.lr=0:0.1: optim.lr: Input should be greater"),
     (["--random", "0", "--range", "optim.lr=1e-4:1e-1"], "at least 1"),
     (["--range", "optim.lr=1e-4:1e-1"], "--range needs --random N or --optuna N"),
     ([], "nothing to sweep"),
@@ -194,3 +205,82 @@ def test_pruning_callback_stops_the_run_when_optuna_prunes() -> None:
     callback.on_epoch_end(trainer, 2, {"val/acc": 0.1})
     assert trainer.should_stop and callback.pruned_at == 2
     assert study.trials[0].intermediate_values == {1: 0.9, 2: 0.1}
+
+    # At the run's last epoch the run has trained to its end: reported, never pruned.
+    last = FakeTrainer()
+    at_end = OptunaPruning(study.ask(), "val/acc", last_epoch=1)
+    at_end.on_epoch_end(last, 1, {"val/acc": 0.1})
+    assert not last.should_stop and at_end.pruned_at is None
+    assert study.trials[1].intermediate_values == {1: 0.1}
+
+
+def test_sigint_keeps_the_finished_trials_and_says_how_to_continue(tmp_path: Path, fake_mnist: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+
+    from harness.core.callbacks import Callback
+    from harness.sweep import main
+    from harness.workflows import search
+
+    class CtrlCInTrial2(Callback):
+        def on_epoch_start(self, trainer: object, epoch: int) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as from Ctrl-C
+
+    started: list[int] = []
+
+    class Run(search.Run):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            started.append(1)
+            if len(started) == 2:
+                kwargs["callbacks"] = [*kwargs.get("callbacks", []), CtrlCInTrial2()]  # type: ignore[list-item]
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(search, "Run", Run)
+    grid = ["--grid", "optim.lr=1e-3,3e-2", "--grid", "optim.name=sgd,adam"]
+    assert main([*sweep_args(tmp_path, fake_mnist), *grid]) == 130
+    captured = capsys.readouterr()
+    (sweep_dir,) = (tmp_path / "runs" / "mnist_mlp-sweep").iterdir()
+    (row,) = read_csv(sweep_dir)  # trial 1 finished and is kept; trial 2 was interrupted
+    assert row["trial"] == "1" and row["status"] == "done" and float(row["val/acc"]) >= 0
+    assert "rank  trial  optim.lr  optim.name  val/acc" in captured.out
+    assert ("sweep interrupted after 1 of 4 trials: the 1 finished trials are ranked in "
+            f"{sweep_dir / 'sweep.csv'} (no trial was tested); to continue, sweep the 3 trials that did not "
+            'finish: optim.lr=0.001 optim.name="adam"; optim.lr=0.03 optim.name="sgd"; '
+            'optim.lr=0.03 optim.name="adam"') in captured.err
+    assert not list(sweep_dir.glob("trial-*/eval-*.json"))
+
+
+@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna not installed (pip install -e '.[sweep]')")
+def test_an_optuna_trial_that_trained_to_the_end_is_done(tmp_path: Path, fake_mnist: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from harness.workflows.search import sweep
+
+    studies = []
+    create_study = optuna.create_study
+
+    def study_that_always_prunes(**kwargs: object) -> optuna.Study:
+        # A pruner that prunes every trial whenever asked: what MedianPruner does to a below-median trial.
+        study = create_study(**{**kwargs, "pruner": optuna.pruners.ThresholdPruner(lower=2.0)})
+        studies.append(study)
+        return study
+
+    monkeypatch.setattr(optuna, "create_study", study_that_always_prunes)
+    args = [a for a in sweep_args(tmp_path, fake_mnist)[1:] if a != "trainer.epochs=2"]
+    one = sweep(REPO / "recipes/mnist_mlp.yaml", [*args, "trainer.epochs=1"], optuna=2,
+                ranges={"optim.lr": Range(1e-4, 1e-1, log=True)}, seed=0)
+    assert [t["status"] for t in one["trials"]] == ["done", "done"]  # one epoch: each trained to its end
+    assert [t.state for t in studies[0].trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.value for t in studies[0].trials) == sorted(t["value"] for t in one["trials"])
+    assert one["trials"][0]["test"]  # the chosen trial is tested
+
+    two = sweep(REPO / "recipes/mnist_mlp.yaml", [*args, "trainer.epochs=2"], optuna=2,
+                ranges={"optim.lr": Range(1e-4, 1e-1, log=True)}, seed=0)
+    assert [t["status"] for t in two["trials"]] == ["pruned", "pruned"]  # stopped after epoch 1 of 2
+    assert [t.state for t in studies[1].trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(json.loads((Path(t["run_dir"]) / "summary.json").read_text())["epochs_run"] == 1
+               for t in two["trials"])
+    assert two["tested"] is None and all(not t["test"] for t in two["trials"])

@@ -3,12 +3,14 @@
 `load_data_source` reads the splits (built-in data sets, `image_folder`, `import:module:function`) and
 keeps `data.classes`; `build_data` holds out `data.val_size` (seeded by `trainer.seed`), subsamples
 `data.train_size` and makes the loaders: a TensorLoader on the device for tensors, the DataLoader
-path for datasets, this rank's shard under torchrun.
+path for datasets, this rank's shard under torchrun. `identify_test_split` says which samples a
+recipe's test split holds, so that two recipes can be checked to score on the very same ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -89,6 +91,64 @@ def load_data_source(cfg: DataConfig) -> DataSource:
     return DataSource(train, keep(source.test), keep(source.val),
                       train if source.holdout is source.train else keep(source.holdout),
                       [source.classes[c] for c in cfg.classes], source.collate_fn)
+
+
+@dataclass(frozen=True)
+class SplitIdentity:
+    """Which samples a split holds, as the model sees them: two equal identities score on the same samples."""
+
+    size: int  # samples
+    classes: tuple[str, ...]  # class names, in label order
+    fingerprint: str  # sha256 of the inputs (as stored, with the normalisation applied to them) and labels, in order
+
+    def describe(self) -> str:
+        names = ", ".join(self.classes[:3]) + (", ..." if len(self.classes) > 3 else "")
+        return f"{self.size} images of {len(self.classes)} classes ({names})"
+
+
+# The data keys that decide the test split (the others shape training only).
+TEST_SPLIT_KEYS = ("name", "root", "classes", "image_size", "mean", "std")
+
+
+def identify_test_split(cfg: DataConfig) -> SplitIdentity:
+    """The identity of the test split `cfg` gives: its size, class names and a fingerprint of every
+    input and label. Tensors are hashed as stored plus their mean / std; a dataset is read once."""
+    source = load_data_source(cfg)
+    split, digest, size = source.test, hashlib.sha256(), 0
+    if isinstance(split, ImageTensors):
+        digest.update(repr((tuple(split.images.shape), split.mean, split.std)).encode())
+        digest.update(split.images.cpu().contiguous().numpy().tobytes())
+        digest.update(split.targets.cpu().to(torch.int64).numpy().tobytes())
+        size = len(split)
+    else:
+        batches = split if is_loader(split) else torch.utils.data.DataLoader(
+            split, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=source.collate_fn)
+        for inputs, targets, *_ in batches:
+            digest.update(inputs.cpu().contiguous().numpy().tobytes())
+            digest.update(torch.as_tensor(targets).cpu().to(torch.int64).numpy().tobytes())
+            size += len(targets)
+    return SplitIdentity(size, tuple(source.classes), digest.hexdigest())
+
+
+def check_same_test_split(splits: Sequence[tuple[str, DataConfig, SplitIdentity]]) -> None:
+    """Refuse (one line) when the named test splits are not the same samples: every one against the first.
+
+    `splits` holds (name, data config, identity) per model; the line names the two models, how the
+    splits differ and which data keys differ between them."""
+    first_name, first_cfg, first = splits[0]
+    for name, cfg, split in splits[1:]:
+        if split == first:
+            continue
+        if (split.size, split.classes) != (first.size, first.classes):
+            how = f"{first.describe()} vs {split.describe()}"
+        else:
+            how = f"{split.describe()} each, but other inputs or labels"
+        keys = [f"data.{k}={getattr(first_cfg, k)!r} vs {getattr(cfg, k)!r}" for k in TEST_SPLIT_KEYS
+                if getattr(first_cfg, k) != getattr(cfg, k)]
+        raise HarnessError(f"{first_name} and {name} would be scored on different test splits ({how}"
+                           f"{'; ' + ', '.join(keys) if keys else ''}); models in one comparison are scored on "
+                           "the same test samples: give them the same data.name, root, classes and "
+                           "normalisation, e.g. with --set")
 
 
 def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batches: int = 0,

@@ -2,23 +2,32 @@
 
 Compare models on the same data: each recipe is trained (`harness.workflows.training.Run`) with the same `--set`
 overrides, the same seed and so the same train / validation split, or a given checkpoint is used
-as it is; then every model is scored on the same test set by `harness.workflows.evaluation.evaluate` (the accuracy and
-macro-F1 in the table are exactly `evaluate`'s figures for that checkpoint) and measured:
+as it is; then every model is scored on the same test samples by `harness.workflows.evaluation.evaluate` (the
+accuracy and macro-F1 in the table are exactly `evaluate`'s figures for that checkpoint) and measured.
+
+Before anything trains, the command refuses (one line) a comparison whose models would be scored on
+different test samples: each recipe's resolved test split (its size, class names in label order and a
+sha256 of its inputs and labels, `harness.recipe.data.identify_test_split`) must be the first one's. It
+also refuses a repeated seed and a `--checkpoint` that is missing, unreadable, or not of its recipe's
+model and data (`harness.recipe.weights.check_same_data`, shared with `evaluate`).
 
 - parameters; FLOPs per sample: `torch.utils.flop_counter.FlopCounterMode` over one forward pass of
   a batch of 1 (matmuls and convolutions, 2 FLOPs per multiply-add; elementwise ops not counted);
 - train seconds (`fit`, validation included) and peak memory while training: on CUDA
-  `torch.cuda.max_memory_allocated` (tensors only); on CPU the process's peak resident set size,
-  `resource.getrusage(...).ru_maxrss`, whose high-water mark is reset before each model on Linux
-  (`/proc/self/clear_refs`), so it is that model's peak, Python, torch and the dataset included;
+  `torch.cuda.max_memory_allocated` (tensors only), its peak reset before each model. Not measured on
+  the CPU: in one process the resident-set high-water mark keeps what earlier models took (memory
+  freed to the allocator is not given back), so the figure would depend on the order of the models;
 - inference with `harness.core.speed.measure_inference`: latency p50 / p95 at batch 1, samples/s at
-  `data.eval_batch_size`; measured once per model (the first seed): speed does not depend on the seed.
+  `data.eval_batch_size`; measured once per model (its first finished run): speed does not depend on the seed.
 
 `--seeds 0,1,2` trains each recipe once per seed and reports mean ± sample std (ddof=1).
 
+A run that fails (a non-finite loss, an error) is marked failed in the table and the others go on;
+the command then exits 1. compare.csv and compare.md are rewritten, atomically, as each run finishes.
+
     runs/compare/<time>/
         compare.md       the table and what each column means
-        compare.csv      one row per model and seed (params, FLOPs, speed: in its first row only)
+        compare.csv      one row per model and seed, with its status (params, FLOPs, speed: in one row per model)
         <model>-seed<s>/ each training run's folder (config.yaml, summary.json, checkpoints),
                          with a TensorBoard hparams entry: `tensorboard --logdir runs/compare/<time>`
 
@@ -28,9 +37,10 @@ macro-F1 in the table are exactly `evaluate`'s figures for that checkpoint) and 
 from __future__ import annotations
 
 import csv
+import io
 import math
-import resource
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,14 +50,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from harness.core.checkpoint import atomic_save
 from harness.core.loggers import TensorBoardLogger
-from harness.errors import HarnessError
+from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
+from harness.errors import HarnessError, Interrupted
 from harness.metrics.report import format_table, mean_std
 from harness.recipe.build import build_model, check_monitors
-from harness.recipe.data import build_data
+from harness.recipe.data import SplitIdentity, build_data, check_same_test_split, identify_test_split
 from harness.recipe.parts import setup
 from harness.recipe.run_folder import best_checkpoint, last_checkpoint, new_run_folder, run_name
-from harness.recipe.schema import load_recipe
+from harness.recipe.schema import Recipe, load_recipe
+from harness.recipe.weights import check_same_data, load_checkpoint_model
 from harness.workflows.evaluation import evaluate
 from harness.workflows.training import Run
 
@@ -88,8 +101,14 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
     `trainer.seed` in all of them; `checkpoints` maps a model label (the recipe file's stem, or
     `logging.name`) to a checkpoint to score instead of training that recipe.
 
-    Returns {"compare_dir", "seeds", "device", "memory", "models": [one dict per model: label,
-    recipe, seeds, and per column its mean and std], "runs": [one dict per model and seed]}.
+    Before anything trains: every recipe is validated, every checkpoint is read and checked against
+    its recipe's model and data, and every model's test split is checked to be the same samples
+    (`harness.recipe.data.check_same_test_split`). A run that fails (a non-finite loss, an error) is
+    marked failed and the others go on; the table is rewritten as each run finishes.
+
+    Returns {"compare_dir", "seeds", "device", "memory", "test_split", "models": [one dict per model:
+    label, recipe, seeds, failed, and per column its mean and std], "runs": [one dict per model and seed,
+    with "status" ("done" | "failed") and "error"], "failed": [the failed runs]}.
     """
     if not recipe_paths:
         raise HarnessError("give at least one recipe to compare")
@@ -97,6 +116,10 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
     seeds = [first.trainer.seed] if seeds is None else list(seeds)
     if not seeds:
         raise HarnessError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise HarnessError(f"--seeds {','.join(map(str, seeds))}: seed {repeated[0]} is given twice; each seed is one "
+                           "run, and a repeated seed would count one run twice: give distinct seeds, e.g. 0,1,2")
     labels = _labels([load_recipe(p, list(overrides)) for p in recipe_paths], recipe_paths)
     checkpoints = {k: Path(v) for k, v in (checkpoints or {}).items()}
     unknown = sorted(set(checkpoints) - set(labels))
@@ -110,74 +133,105 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
         if recipe.trainer.fast_dev_run and label not in checkpoints:
             raise HarnessError("trainer.fast_dev_run writes no checkpoint to compare; for a quick comparison "
                                "use a small budget, e.g. --set trainer.epochs=1 --set trainer.limit_train_batches=20")
-        for key in ("name", "val_size"):
-            if getattr(recipe.data, key) != getattr(first.data, key) and label not in checkpoints:
-                raise HarnessError(f"{label}: data.{key}={getattr(recipe.data, key)!r} differs from "
-                                   f"{labels[0]}'s {getattr(first.data, key)!r}; models must be compared on the same "
-                                   f"data: add --set data.{key}=...")
+        if recipe.data.val_size != first.data.val_size and label not in checkpoints:
+            raise HarnessError(f"{label}: data.val_size={recipe.data.val_size!r} differs from {labels[0]}'s "
+                               f"{first.data.val_size!r}; trained models are compared on the same hold-out: "
+                               "add --set data.val_size=...")
+    for label, path in checkpoints.items():  # exists, readable, this recipe's model and data
+        recipe = recipes[(label, seeds[0])]
+        _, state, _ = load_checkpoint_model(recipe, path)
+        check_same_data(state, recipe, "test", path)
+    # The test splits themselves, not the recipe keys: the same samples, classes and inputs for every model.
+    identities: dict[str, SplitIdentity] = {}
+    splits = []
+    for label in labels:
+        data_cfg = recipes[(label, seeds[0])].data
+        key = data_cfg.model_dump_json()
+        if key not in identities:
+            identities[key] = identify_test_split(data_cfg)
+        splits.append((label, data_cfg, identities[key]))
+    check_same_test_split(splits)
+    test_split = splits[0][2]
 
     device = setup(first).device
     compare_dir = new_run_folder(Path(first.logging.root) / "compare")
-    print(f"compare: {', '.join(labels)} on the {first.data.name} test split, seeds {seeds}; folder {compare_dir}",
-          flush=True)
+    print(f"compare: {', '.join(labels)} on the same {first.data.name} test split ({test_split.describe()}), "
+          f"seeds {seeds}; folder {compare_dir}", flush=True)
     # One real input for the FLOP count: shape, dtype and layout exactly as the models see them.
     example = next(iter(build_data(first.data, device, seeds[0]).test))[0][:1]
     jobs = [(label, path, seed) for label, path in zip(labels, recipe_paths, strict=True)
             for seed in ([None] if label in checkpoints else seeds)]
-    runs: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"compare_dir": str(compare_dir), "seeds": seeds, "device": str(device),
+                              "memory": _memory_note(device), "planned": len(jobs),
+                              "test_split": {"samples": test_split.size, "classes": list(test_split.classes),
+                                             "sha256": test_split.fingerprint},
+                              "models": [], "runs": [], "failed": []}
+    runs: list[dict[str, Any]] = result["runs"]
     writer = _writer(compare_dir) if first.logging.tensorboard else None
     bar = tqdm(total=len(jobs), desc="models", unit="run", disable=not (first.trainer.progress and sys.stderr.isatty()))
     try:
         for label, path, seed in jobs:
             recipe = recipes[(label, seeds[0] if seed is None else seed)]
-            measured = [r for r in runs if r["model"] == label]
-            row: dict[str, Any] = {"model": label, "recipe": str(path), "seed": seed}
-            if seed is None:  # a given checkpoint: scored as it is
-                checkpoint, run_dir = checkpoints[label], None
-                row.update(train_seconds=None, peak_mem_mb=None)
-            else:
-                run_dir = compare_dir / f"{label}-seed{seed}"
-                exact = _reset_peak_memory(device)
-                summary = Run(recipe, path, run_dir=run_dir, verbose=False).execute()
-                row.update(train_seconds=summary["fit_seconds"], peak_mem_mb=_peak_memory_mb(device) if exact else None)
-                best = best_checkpoint(run_dir)
-                checkpoint = best if best.is_file() else last_checkpoint(run_dir)
-            scores = evaluate(recipe, checkpoint, "test", speed=not measured, write=False, verbose=False)
-            row.update(checkpoint=str(checkpoint), test_acc=scores["accuracy"],
-                       test_macro_f1=scores["averages"]["macro"]["f1"], test_loss=scores["loss"])
-            if measured:  # architecture and speed figures: measured once per model, with its first seed
-                row.update(dict.fromkeys(MEASURED_ONCE))
-            else:
-                speed = scores["speed"]
-                one, big = speed["batches"][0], speed["batches"][-1]  # batch 1, data.eval_batch_size
-                fresh = build_model(recipe.model).to(example.device)  # FLOPs do not depend on the weights
-                row.update(params=speed["num_parameters"], flops_per_sample=count_flops(fresh, example),
-                           infer_batch=big["batch_size"], infer_samples_per_s=big["throughput_samples_per_s"],
-                           latency_p50_ms=one["latency_ms"]["p50"], latency_p95_ms=one["latency_ms"]["p95"])
+            row: dict[str, Any] = {"model": label, "recipe": str(path), "seed": seed, "status": "done", "error": None,
+                                   **dict.fromkeys([*COLUMNS, *MEASURED_ONCE, "test_loss", "checkpoint"])}
+            run_dir = None if seed is None else compare_dir / f"{label}-seed{seed}"
             row["run_dir"] = str(run_dir) if run_dir is not None else None
+            measure = not any(r["model"] == label and r["params"] is not None for r in runs)
+            try:
+                row.update(_run_one(recipe, path, run_dir, checkpoints.get(label), device, example, measure))
+            except (TrainingInterrupted, Interrupted, KeyboardInterrupt):
+                raise
+            except Exception as e:  # any error (one model's failure must not lose the others' figures)
+                if not isinstance(e, (HarnessError, NonFiniteLossError)):
+                    traceback.print_exc()  # not bad input and not a divergence: show where it came from
+                row.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}")
             runs.append(row)
-            if writer is not None:
-                _add_hparams(writer, row, run_dir.name if run_dir is not None else f"{label}-checkpoint")
-            bar.write(f"{label}" + (f" seed {seed}" if seed is not None else f" ({checkpoint})")
-                      + f": test acc {row['test_acc']:.4f}  macro-F1 {row['test_macro_f1']:.4f}", file=sys.stdout)
+            if row["status"] == "failed":
+                result["failed"].append(row)
+                bar.write(f"{label}" + (f" seed {seed}" if seed is not None else "") + f": failed: {row['error']}",
+                          file=sys.stderr)
+            else:
+                if writer is not None:
+                    _add_hparams(writer, row, run_dir.name if run_dir is not None else f"{label}-checkpoint")
+                bar.write(f"{label}" + (f" seed {seed}" if seed is not None else f" ({row['checkpoint']})")
+                          + f": test acc {row['test_acc']:.4f}  macro-F1 {row['test_macro_f1']:.4f}",
+                          file=sys.stdout)
+            result["models"] = [_aggregate(m, [r for r in runs if r["model"] == m]) for m in labels
+                                if any(r["model"] == m for r in runs)]
+            _write_tables(compare_dir, result)  # as each run finishes: an interruption loses no finished figure
             bar.update()
     finally:
         bar.close()
         if writer is not None:
             writer.close()
 
-    models = [_aggregate(label, [r for r in runs if r["model"] == label]) for label in labels]
-    memory = ("torch.cuda.max_memory_allocated while training (tensors only)" if device.type == "cuda" else
-              "process peak RSS while training (resource.getrusage ru_maxrss, reset per model via "
-              "/proc/self/clear_refs; includes Python, torch and the dataset)")
-    result = {"compare_dir": str(compare_dir), "seeds": seeds, "device": str(device), "memory": memory,
-              "models": models, "runs": runs}
-    table = format_compare(result)
-    print(table, flush=True)
-    _write_csv(compare_dir / "compare.csv", runs)
-    (compare_dir / "compare.md").write_text(format_compare(result, markdown=True) + "\n")
+    print(format_compare(result), flush=True)
     print(f"compare folder: {compare_dir}  (compare.md, compare.csv; tensorboard --logdir {compare_dir})", flush=True)
     return result
+
+
+def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint: Path | None, device: torch.device,
+             example: torch.Tensor, measure: bool) -> dict[str, Any]:
+    """Train one model in `run_dir` (or take `checkpoint` as it is), score it on the test split, measure it."""
+    row: dict[str, Any] = {}
+    if checkpoint is None:
+        assert run_dir is not None
+        exact = _reset_peak_memory(device)
+        summary = Run(recipe, path, run_dir=run_dir, verbose=False).execute()
+        row.update(train_seconds=summary["fit_seconds"], peak_mem_mb=_peak_memory_mb(device) if exact else None)
+        best = best_checkpoint(run_dir)
+        checkpoint = best if best.is_file() else last_checkpoint(run_dir)
+    scores = evaluate(recipe, checkpoint, "test", speed=measure, write=False, verbose=False)
+    row.update(checkpoint=str(checkpoint), test_acc=scores["accuracy"],
+               test_macro_f1=scores["averages"]["macro"]["f1"], test_loss=scores["loss"])
+    if measure:  # architecture and speed figures: measured once per model, with its first finished run
+        speed = scores["speed"]
+        one, big = speed["batches"][0], speed["batches"][-1]  # batch 1, data.eval_batch_size
+        fresh = build_model(recipe.model).to(example.device)  # FLOPs do not depend on the weights
+        row.update(params=speed["num_parameters"], flops_per_sample=count_flops(fresh, example),
+                   infer_batch=big["batch_size"], infer_samples_per_s=big["throughput_samples_per_s"],
+                   latency_p50_ms=one["latency_ms"]["p50"], latency_p95_ms=one["latency_ms"]["p95"])
+    return row
 
 
 def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
@@ -186,7 +240,8 @@ def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
               "latency_p50_ms": 3, "latency_p95_ms": 3, "peak_mem_mb": 0}
     rows = []
     for model in result["models"]:
-        cells = [model["label"]]
+        failed, total = len(model["failed"]), len(model["seeds"]) + len(model["failed"])
+        cells = [model["label"] + (f" ({failed} of {total} failed)" if failed else "")]
         for key in COLUMNS:
             mean, std = model[key]
             if mean is None:
@@ -199,14 +254,20 @@ def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
         rows.append(cells)
     table = format_table(["model", *COLUMNS.values()], rows, markdown=markdown)
     batch = next((r["infer_batch"] for r in result["runs"] if r["infer_batch"] is not None), "-")
+    split = result["test_split"]
     notes = [
-        f"seeds {result['seeds']}; ± is the sample std (ddof=1) over seeds" if len(result["seeds"]) > 1
-        else f"seed {result['seeds'][0]}",
-        "test acc / macro-F1: harness.evaluate on the test split (best.pt, else last.pt)",
+        f"seeds {result['seeds']}; ± is the sample std (ddof=1) over the seeds that finished"
+        if len(result["seeds"]) > 1 else f"seed {result['seeds'][0]}",
+        f"test acc / macro-F1: harness.evaluate on the test split (best.pt, else last.pt); every model on the same "
+        f"{split['samples']} test samples of {len(split['classes'])} classes (sha256 {split['sha256'][:12]})",
         "FLOPs/sample: FlopCounterMode, one forward pass of a batch of 1 (matmul/conv; 2 per multiply-add)",
         f"infer samples/s at batch {batch}; latency p50 / p95 at batch 1 (harness.core.speed, on {result['device']})",
         f"peak mem: {result['memory']}",
     ]
+    notes += [f"failed: {r['model']}" + (f" seed {r['seed']}" if r["seed"] is not None else "") + f": {r['error']}"
+              for r in result["failed"]]
+    if len(result["runs"]) < result["planned"]:
+        notes.append(f"{len(result['runs'])} of {result['planned']} runs finished so far")
     if markdown:
         return "# compare\n\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes)
     return table + "\n" + "\n".join(f"# {n}" for n in notes)
@@ -225,29 +286,45 @@ def _labels(recipes: list[Any], paths: Sequence[str | Path]) -> list[str]:
 
 
 def _aggregate(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    model: dict[str, Any] = {"label": label, "recipe": runs[0]["recipe"], "seeds": [r["seed"] for r in runs]}
+    done = [r for r in runs if r["status"] == "done"]
+    model: dict[str, Any] = {"label": label, "recipe": runs[0]["recipe"], "seeds": [r["seed"] for r in done],
+                             "failed": [r["seed"] for r in runs if r["status"] != "done"]}
     for key in COLUMNS:
-        values = [r[key] for r in runs if r[key] is not None]
+        values = [r[key] for r in done if r[key] is not None]
         model[key] = mean_std(values) if values else (None, math.nan)
     return model
 
 
+def _memory_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        return ("torch.cuda.max_memory_allocated while training (tensors only), its peak reset before each model, "
+                "so each figure is that model's own")
+    return (f"not measured on {device.type}: in one process the resident-set high-water mark keeps what the "
+            "models before took (freed memory stays with the allocator), so a figure would depend on the order")
+
+
 def _reset_peak_memory(device: torch.device) -> bool:
-    """Start a fresh peak-memory count; False when this platform cannot (the figure is then left out)."""
+    """Start a fresh peak-memory count; False where one process cannot measure one model's peak alone."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
-    try:  # Linux: writing 5 resets the process's RSS high-water mark (what ru_maxrss reports)
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    return False
 
 
 def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e6
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
+    return torch.cuda.max_memory_allocated(device) / 1e6
+
+
+def _write_tables(folder: Path, result: dict[str, Any]) -> None:
+    """compare.csv and compare.md, each written atomically (the previous version or the new one, never torn)."""
+    fields = ["model", "recipe", "seed", "status", *COLUMNS, "test_loss", "infer_batch", "checkpoint", "run_dir",
+              "error"]
+    text = io.StringIO()
+    out = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    out.writeheader()
+    out.writerows(result["runs"])
+    atomic_save(text.getvalue().encode(), folder / "compare.csv", raw=True)
+    atomic_save((format_compare(result, markdown=True) + "\n").encode(), folder / "compare.md", raw=True)
 
 
 def _writer(folder: Path) -> TensorBoardLogger:
@@ -259,11 +336,3 @@ def _add_hparams(writer: TensorBoardLogger, row: dict[str, Any], run_name: str) 
     # "hparam/" tags, so that a run's own test/acc curve gains no extra point.
     metrics = {f"hparam/{key}": float(row[key]) for key in COLUMNS if row[key] is not None}
     writer.hparams(hparams, metrics, run_name=run_name)
-
-
-def _write_csv(path: Path, runs: list[dict[str, Any]]) -> None:
-    fields = ["model", "recipe", "seed", *COLUMNS, "test_loss", "infer_batch", "checkpoint", "run_dir"]
-    with path.open("w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        out.writeheader()
-        out.writerows(runs)

@@ -3,8 +3,11 @@
 Every trial is a normal training run (`harness.workflows.training.Run`) of the recipe with the trial's values
 applied as overrides, through the same validation as the command line; every trial's recipe is
 validated before the first trial starts (for `--optuna`, both ends of every range and every choice).
-Trials are ranked by the recipe's `trainer.monitor` / `mode`, the best validation value of the run
-(the test metrics are reported, never used to rank).
+Trials are ranked by the recipe's `trainer.monitor` / `mode`, the best validation value of the run.
+No trial is tested while the search runs: when it has finished, only the chosen trial (rank 1, the
+best finished one) is scored on the test split, once, from its best.pt (`harness.workflows.evaluation.evaluate`,
+which writes eval-best-test.json into that trial's folder). The test split thus plays no part in
+choosing, and the table shows test figures for the chosen trial only.
 
 - `--grid optim.lr=1e-3,3e-3 --grid optim.name=sgd,adam`: the cartesian product (4 trials).
 - `--random N --range optim.lr=1e-4:1e-1:log --range optim.weight_decay=0:1e-3`: N draws, seeded
@@ -14,38 +17,44 @@ Trials are ranked by the recipe's `trainer.monitor` / `mode`, the best validatio
   median pruner fed each epoch's monitored value (`pip install -e '.[sweep]'`).
 
     runs/<name>-sweep/<time>/
-        sweep.csv       one row per trial, best first: swept values, monitored value, test metrics,
-                        seconds, run folder (rewritten after every trial)
+        sweep.csv       one row per trial, best first: swept values, monitored value, seconds, run
+                        folder, and the chosen trial's test figures (rewritten atomically after every trial)
         trial-001/ ...  each trial's run folder (config.yaml, summary.json, checkpoints, TensorBoard),
                         plus its hparams entry: `tensorboard --logdir runs/<name>-sweep/<time>`, HPARAMS tab
 
-A trial whose loss turns non-finite is recorded as `diverged` and the sweep goes on.
+A trial whose loss turns non-finite is recorded as `diverged` and the sweep goes on. An Optuna
+trial the pruner stops before its last epoch is `pruned`; one that trained to its last epoch is `done`
+and Optuna gets its value. On SIGINT / SIGTERM the finished trials stay ranked in sweep.csv (no test:
+the search did not finish) and the command says which trials did not run.
 `sweep(recipe_path, ...)` is the same thing from Python and returns the ranked trials.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
 import random as random_module
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from harness.core.callbacks import Callback
+from harness.core.checkpoint import atomic_save
 from harness.core.loggers import TensorBoardLogger
-from harness.core.trainer import NonFiniteLossError
-from harness.errors import HarnessError
+from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
+from harness.errors import HarnessError, Interrupted
 from harness.metrics.report import format_table
-from harness.recipe.build import check_monitors
-from harness.recipe.run_folder import command_folder
+from harness.recipe.build import check_monitors, epochs_to_run
+from harness.recipe.run_folder import best_checkpoint, command_folder, last_checkpoint
 from harness.recipe.schema import load_recipe, parse_yaml
+from harness.workflows.evaluation import evaluate
 from harness.workflows.training import Run
 
 INSTALL_OPTUNA = "--optuna needs Optuna, which is not installed: pip install -e '.[sweep]'"
@@ -58,6 +67,7 @@ class Range:
     low: float | int
     high: float | int
     log: bool = False
+    spec: str = field(default="", compare=False)  # as given, `optim.lr=1e-4:1e-1:log`: errors name it
 
     @property
     def integer(self) -> bool:
@@ -97,7 +107,7 @@ def parse_range(item: str) -> tuple[str, Range]:
         raise HarnessError(f"--range {item!r}: low must be smaller than high")
     if log and low <= 0:
         raise HarnessError(f"--range {item!r}: a log range needs low > 0")
-    return key, Range(low, high, log)
+    return key, Range(low, high, log, spec=item)
 
 
 def grid_trials(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -119,15 +129,19 @@ def trial_overrides(values: dict[str, Any]) -> list[str]:
 
 class OptunaPruning(Callback):
     """Reports the monitored value to an Optuna trial after every epoch and stops the run when the
-    pruner says so (the run still tests its best checkpoint; the sweep then marks it pruned)."""
+    pruner says so before `last_epoch` (the sweep then marks it pruned). At the last epoch the run has
+    trained to the end: it is not pruned, and Optuna gets its value."""
 
-    def __init__(self, trial: Any, monitor: str) -> None:
+    def __init__(self, trial: Any, monitor: str, last_epoch: int | None = None) -> None:
         self.trial = trial
         self.monitor = monitor
+        self.last_epoch = last_epoch  # the run's last epoch (trainer.epochs); None: unknown, ask every epoch
         self.pruned_at: int | None = None
 
     def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
         self.trial.report(float(logs[self.monitor]), step=epoch)
+        if self.last_epoch is not None and epoch >= self.last_epoch:
+            return
         if self.trial.should_prune():
             self.pruned_at = epoch
             trainer.should_stop = True
@@ -171,6 +185,14 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
         *({k: getattr(r, end) for k, r in ranges.items()} for end in ("low", "high")),
         *({k: v} for k, vs in grid.items() for v in vs),
     ]
+    for key, r in ranges.items():  # each end of a range on its own: an error names the range
+        for end in (r.low, r.high):
+            try:
+                recipe_for({key: end})
+            except HarnessError as e:
+                reason = str(e).removeprefix(f"{recipe_path}: ")
+                raise HarnessError(f"--range {r.spec or key}: {reason}; give a range whose both ends are "
+                                   "allowed values") from None
     for values in checks:
         recipe_for(values)
 
@@ -183,10 +205,14 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
     writer = _HparamsWriter(sweep_dir) if sweep_dir is not None and base.logging.tensorboard else None
     bar = tqdm(total=total, desc="trials", unit="trial", disable=not (t.progress and sys.stderr.isatty()))
 
-    def run_trial(values: dict[str, Any], callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    def run_trial(values: dict[str, Any], optuna_trial: Any = None) -> dict[str, Any]:
         number = len(rows) + 1
         trial_dir = None if sweep_dir is None else sweep_dir / f"trial-{number:03d}"
-        run = Run(recipe_for(values), recipe_path, run_dir=trial_dir, callbacks=callbacks, verbose=False)
+        recipe = recipe_for(values)
+        pruning = None if optuna_trial is None else OptunaPruning(optuna_trial, t.monitor, epochs_to_run(recipe))
+        # test=False: no trial sees the test split while the search chooses; the chosen one is tested after.
+        run = Run(recipe, recipe_path, run_dir=trial_dir, callbacks=[pruning] if pruning else [], verbose=False,
+                  test=False)
         row: dict[str, Any] = {"rank": None, "trial": number, "status": "done", "values": values, "value": None,
                                "best_epoch": None, "test": {}, "seconds": None,
                                "run_dir": str(trial_dir) if trial_dir else None}
@@ -196,9 +222,8 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
             row["status"] = "diverged"
             bar.write(f"trial {number}: {e}", file=sys.stderr)
         else:
-            row.update(value=summary["best_value"], best_epoch=summary["best_epoch"], seconds=summary["wall_seconds"],
-                       test={k: v for k, v in summary["test"].items() if isinstance(v, float)})
-            if any(isinstance(cb, OptunaPruning) and cb.pruned_at is not None for cb in callbacks):
+            row.update(value=summary["best_value"], best_epoch=summary["best_epoch"], seconds=summary["wall_seconds"])
+            if pruning is not None and pruning.pruned_at is not None:
                 row["status"] = "pruned"
         rows.append(row)
         shown = "  ".join(f"{k}={_show(v)}" for k, v in values.items())
@@ -217,16 +242,57 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
                 run_trial(values)
         else:
             _optuna_search(optuna or 0, ranges, grid, seed, t.monitor, t.mode, run_trial)
+    except (TrainingInterrupted, Interrupted, KeyboardInterrupt):
+        bar.close()
+        ranked = rank_trials(rows, t.mode)
+        if rows:
+            print(format_sweep(ranked, keys, t.monitor), flush=True)
+        print(_continue_hint(rows, planned, total, sweep_dir), file=sys.stderr, flush=True)
+        raise
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     ranked = rank_trials(rows, t.mode)
+    chosen = next((row for row in ranked if row["status"] == "done" and row["value"] is not None), None)
+    tested = None
+    if chosen is not None and chosen["run_dir"] is not None:
+        tested = _test_chosen(chosen, recipe_for(chosen["values"]))
+        if sweep_dir is not None:
+            _write_csv(sweep_dir / "sweep.csv", ranked, keys, t.monitor)
     print(format_sweep(ranked, keys, t.monitor), flush=True)
+    print(f"# test: {tested or 'no trial was tested (none finished, or fast_dev_run wrote no checkpoint)'}; "
+          "no other trial saw the test split", flush=True)
     if sweep_dir is not None:
         print(f"sweep folder: {sweep_dir}  (tensorboard --logdir {sweep_dir}, HPARAMS tab)", flush=True)
     return {"sweep_dir": str(sweep_dir) if sweep_dir else None, "monitor": t.monitor, "mode": t.mode,
-            "method": method, "seed": seed, "keys": keys, "trials": ranked}
+            "method": method, "seed": seed, "keys": keys, "trials": ranked, "tested": tested}
+
+
+def _test_chosen(chosen: dict[str, Any], recipe: Any) -> str:
+    """Score the chosen trial's best.pt (else last.pt) on the test split, once; its figures go into its row."""
+    run_dir = Path(chosen["run_dir"])
+    best = best_checkpoint(run_dir)
+    checkpoint = best if best.is_file() else last_checkpoint(run_dir)
+    scores = evaluate(recipe, checkpoint, "test", verbose=False)
+    chosen["test"] = {"loss": scores["loss"], "accuracy": scores["accuracy"],
+                      "macro_f1": scores["averages"]["macro"]["f1"]}
+    return (f"only trial {chosen['trial']}, the chosen one, was scored on the test split, after the search: "
+            f"{checkpoint.name} (epoch {scores['epoch']}), {scores['num_samples']} samples")
+
+
+def _continue_hint(rows: list[dict[str, Any]], planned: list[dict[str, Any]] | None, total: int,
+                   sweep_dir: Path | None) -> str:
+    """What an interrupted sweep kept and how to go on, in one line."""
+    kept = f"the {len(rows)} finished trials are ranked in {sweep_dir / 'sweep.csv'}" if sweep_dir and rows else \
+        "no trial finished"
+    if planned is None:
+        rest = f"to continue, run the search again with --optuna {total - len(rows)} (a new study)"
+    else:
+        left = planned[len(rows):]
+        shown = "; ".join(" ".join(trial_overrides(v)) for v in left[:4]) + ("; ..." if len(left) > 4 else "")
+        rest = f"to continue, sweep the {len(left)} trials that did not finish: {shown}"
+    return (f"sweep interrupted after {len(rows)} of {total} trials: {kept} (no trial was tested); {rest}")
 
 
 def rank_trials(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
@@ -246,6 +312,7 @@ def rank_trials(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
 
 def format_sweep(ranked: list[dict[str, Any]], keys: list[str], monitor: str) -> str:
+    """The ranked table; test/ columns hold the chosen trial's figures only (no other trial is tested)."""
     test_names = sorted({name for row in ranked for name in row["test"]})
     header = ["rank", "trial", *keys, monitor, *(f"test/{n}" for n in test_names), "seconds", "status"]
     rows = [[row["rank"], row["trial"], *(_show(row["values"].get(k)) for k in keys), _show(row["value"], 4),
@@ -300,10 +367,9 @@ def _optuna_search(n: int, ranges: dict[str, Range], choices: dict[str, list[Any
             values[key] = suggest(key, r.low, r.high, log=r.log)
         for key, options in choices.items():
             values[key] = trial.suggest_categorical(key, options)
-        pruning = OptunaPruning(trial, monitor)
-        row = run_trial(values, callbacks=[pruning])
-        if row["status"] == "pruned":
-            raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
+        row = run_trial(values, optuna_trial=trial)
+        if row["status"] == "pruned":  # stopped by the pruner before its last epoch
+            raise optuna.TrialPruned(f"pruned before its last epoch (trial {row['trial']})")
         return math.nan if row["value"] is None else row["value"]  # NaN: Optuna records a failed trial
 
     study.optimize(objective, n_trials=n)
@@ -319,8 +385,7 @@ class _HparamsWriter:
     def add(self, row: dict[str, Any], monitor: str) -> None:
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in row["values"].items()}
         # "hparam/" tags: the trial's own val/acc curve must not gain a point at step 0.
-        metrics = {f"hparam/{monitor}": row["value"], "hparam/seconds": row["seconds"],
-                   **{f"hparam/test_{k}": v for k, v in row["test"].items()}}
+        metrics = {f"hparam/{monitor}": row["value"], "hparam/seconds": row["seconds"]}  # no test: not run
         self.writer.hparams(hparams, metrics, run_name=Path(row["run_dir"]).name)
 
     def close(self) -> None:
@@ -328,15 +393,17 @@ class _HparamsWriter:
 
 
 def _write_csv(path: Path, ranked: list[dict[str, Any]], keys: list[str], monitor: str) -> None:
+    """sweep.csv, written atomically: the previous version or the new one, never a torn file."""
     test_names = sorted({name for row in ranked for name in row["test"]})
-    with path.open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["rank", "trial", "status", *keys, monitor, "best_epoch", *(f"test/{n}" for n in test_names),
-                      "seconds", "run_dir"])
-        for row in ranked:
-            out.writerow([row["rank"], row["trial"], row["status"], *(row["values"].get(k) for k in keys),
-                          row["value"], row["best_epoch"], *(row["test"].get(n) for n in test_names),
-                          row["seconds"], row["run_dir"]])
+    text = io.StringIO()
+    out = csv.writer(text)
+    out.writerow(["rank", "trial", "status", *keys, monitor, "best_epoch", *(f"test/{n}" for n in test_names),
+                  "seconds", "run_dir"])
+    for row in ranked:
+        out.writerow([row["rank"], row["trial"], row["status"], *(row["values"].get(k) for k in keys),
+                      row["value"], row["best_epoch"], *(row["test"].get(n) for n in test_names),
+                      row["seconds"], row["run_dir"]])
+    atomic_save(text.getvalue().encode(), path, raw=True)
 
 
 def _show(value: Any, digits: int | None = None) -> str:

@@ -54,18 +54,21 @@ class Run:
 
     `run_dir` puts the run in that folder instead of <logging.root>/<name>/<time>/ (sweep trials);
     `callbacks` are added to the Trainer's (a sweep's pruning); `verbose=False` prints only what
-    the Trainer prints (no resolved recipe, no test line).
+    the Trainer prints (no resolved recipe, no test line); `test=False` fits without the final test
+    (a sweep's trials: only the chosen one is scored on the test split, afterwards), and the summary's
+    "test" is then None.
     """
 
     def __init__(self, recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None,
                  trainer_class: type[Trainer] = Trainer, run_dir: str | Path | None = None,
-                 callbacks: Sequence[Callback] = (), verbose: bool = True) -> None:
+                 callbacks: Sequence[Callback] = (), verbose: bool = True, test: bool = True) -> None:
         self.recipe = recipe
         self.recipe_path = Path(recipe_path) if recipe_path is not None else None
         self.resume = Path(resume) if resume is not None else None
         self.trainer_class = trainer_class
         self.callbacks = list(callbacks)
         self.verbose = verbose
+        self.test = test
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
         self.trainer: Trainer | None = None
         self.data: Data | None = None
@@ -115,21 +118,24 @@ class Run:
         try:
             trainer.fit(data.train, data.val, epochs=epochs_to_run(recipe), resume_from=self.resume)
             fit_seconds = time.perf_counter() - started
-            tested = self._load_best()
-            if env.dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
-                broadcast_tensors(_tested_tensors(trainer))
-                tested = broadcast_object(tested)
-            try:
-                faults.reached("run:testing")
-                test = trainer.evaluate(data.test)
-            except Interrupted as e:
-                if self.run_dir is not None:
-                    e.hint = f"training is complete and saved; to run the test: {self._resume_hint()}"
-                raise
+            test: dict[str, Any] | None = None
+            tested: str | None = None
+            if self.test:
+                tested = self._load_best()
+                if env.dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
+                    broadcast_tensors(_tested_tensors(trainer))
+                    tested = broadcast_object(tested)
+                try:
+                    faults.reached("run:testing")
+                    test = trainer.evaluate(data.test)
+                except Interrupted as e:
+                    if self.run_dir is not None:
+                        e.hint = f"training is complete and saved; to run the test: {self._resume_hint()}"
+                    raise
         finally:
             trainer.close()
         summary = self._summary(test, tested, fit_seconds, time.perf_counter() - started)
-        if self.verbose:
+        if self.verbose and test is not None:
             print(f"test: {_format(test)}  ({summary['test_covers']}; {tested})", flush=True)
         if self.run_dir is not None:
             write_summary(self.run_dir, summary)
@@ -189,7 +195,8 @@ class Run:
         self.trainer.load_weights(state, str(saver.best_path))
         return f"best.pt, epoch {state['epoch']}"
 
-    def _summary(self, test: dict[str, Any], tested: str, fit_seconds: float, wall_seconds: float) -> dict[str, Any]:
+    def _summary(self, test: dict[str, Any] | None, tested: str | None, fit_seconds: float,
+                 wall_seconds: float) -> dict[str, Any]:
         assert self.trainer is not None
         trainer, t = self.trainer, self.recipe.trainer
         history = trainer.history
@@ -203,9 +210,10 @@ class Run:
             "epochs_run": trainer.epoch,
             "final": history[-1] if history else None,
             "test": test,
-            "test_samples": trainer.last_pass_samples,
+            "test_samples": trainer.last_pass_samples if test is not None else None,
             # what the test figures cover, in words: the whole split, or the first N batches of it
-            "test_covers": _test_covers(trainer.last_pass_samples, trainer.limit_test_batches, t.fast_dev_run),
+            "test_covers": _test_covers(trainer.last_pass_samples, trainer.limit_test_batches, t.fast_dev_run)
+            if test is not None else "not tested",
             "tested_weights": tested,
             "fit_seconds": round(fit_seconds, 3),
             "wall_seconds": round(wall_seconds, 3),
