@@ -274,3 +274,51 @@ def test_a_monitor_that_is_never_logged_fails_before_the_first_step() -> None:
             build_trainer(recipe, nn.Linear(16, 3), data, run_dir=None, device=torch.device("cpu"),
                           trainer_class=Counting)
     assert steps == []
+
+
+# ------------------------------------------------------------------ resuming the callbacks
+# val/score per epoch: best at epoch 2, then worse. With patience 2 an uninterrupted run stops after
+# epoch 4 (epochs 3 and 4 did not improve) and best.pt holds epoch 2. Epoch 4's 0.45 beats epoch 3's
+# 0.4, so a resume that forgot the best value would take it for an improvement.
+RESUME_SCRIPT = [0.5, 0.6, 0.4, 0.45, 0.3, 0.2]
+
+
+def resumable_run(folder: Path) -> tuple[Trainer, EarlyStopping, ModelCheckpoint]:
+    stopper = EarlyStopping("val/score", mode="max", patience=2)
+    saver = ModelCheckpoint(folder, monitor="val/score", mode="max")
+    return linear_trainer([stopper, saver], cls=scripted("score", RESUME_SCRIPT)), stopper, saver
+
+
+def straight_and_resumed(tmp_path: Path, resume_after: int) -> tuple[tuple[Trainer, ...], tuple[Trainer, ...]]:
+    """An uninterrupted run and one stopped after `resume_after` epochs, then resumed by fresh objects
+    from its last.pt, as a new process would."""
+    straight = resumable_run(tmp_path / "straight")
+    straight[0].fit(batches(2), batches(1), epochs=len(RESUME_SCRIPT))
+    first, _, _ = resumable_run(tmp_path / "split")
+    first.fit(batches(2), batches(1), epochs=resume_after)
+    resumed = resumable_run(tmp_path / "split")
+    resumed[0].fit(batches(2), batches(1), epochs=len(RESUME_SCRIPT), resume_from=tmp_path / "split" / "last.pt")
+    return straight, resumed
+
+
+def callback_states(trainer: Trainer) -> list[dict[str, Any]]:
+    return [callback.state_dict() for callback in trainer.callbacks]
+
+
+@pytest.mark.parametrize("resume_after", [1, 2, 3])
+def test_a_resumed_run_stops_early_at_the_epoch_an_uninterrupted_run_does(tmp_path: Path, resume_after: int) -> None:
+    (straight, straight_stopper, _), (resumed, resumed_stopper, _) = straight_and_resumed(tmp_path, resume_after)
+    assert straight_stopper.stopped_epoch == 4 and straight.epoch == 4  # the script's outcome
+    assert (resumed_stopper.stopped_epoch, resumed.epoch) == (4, 4)
+    assert resumed_stopper.state_dict() == straight_stopper.state_dict()  # best, wait, stopped_epoch
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert callback_states(resumed) == callback_states(straight)
+
+
+@pytest.mark.parametrize("resume_after", [1, 2, 3])
+def test_a_resumed_run_keeps_best_pt_of_the_best_epoch(tmp_path: Path, resume_after: int) -> None:
+    (straight, _, straight_saver), (resumed, _, resumed_saver) = straight_and_resumed(tmp_path, resume_after)
+    assert read_checkpoint(tmp_path / "straight" / "best.pt")["epoch"] == 2
+    assert read_checkpoint(tmp_path / "split" / "best.pt")["epoch"] == 2
+    assert resumed_saver.state_dict() == straight_saver.state_dict() == {"best": 0.6, "best_epoch": 2}
+    assert callback_states(resumed) == callback_states(straight)

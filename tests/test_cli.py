@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, real_data_dir, requires_mnist, write_fake_mnist
+from conftest import REPO, best_pt_test_accuracy, real_data_dir, requires_mnist, write_fake_mnist
 
 
 def train(*args: str, data_root: Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -53,7 +53,9 @@ def test_run_folder_and_tensorboard_on_fake_mnist(tmp_path: Path) -> None:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_run"] == 3 and summary["device"] == "cpu"
-    assert 0.0 <= summary["test"]["acc"] <= 1.0
+    assert summary["tested_weights"].startswith("best.pt")
+    correct, total = best_pt_test_accuracy(run_dir, tmp_path / "data")
+    assert total == 100 and summary["test"]["acc"] == pytest.approx(correct / total, abs=1e-6)
     assert summary["versions"]["torch"]
 
     scalars = read_tensorboard(run_dir)

@@ -7,12 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CIFAR10_CLASSES, write_fake_mnist
+from conftest import CIFAR10_CLASSES, REPO, real_data_dir, requires_mnist, write_fake_mnist
 from torch.utils.data import TensorDataset
 
 import harness.data.datasets as datasets_module
@@ -30,16 +29,7 @@ from harness.data import (
 )
 from harness.errors import HarnessError
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = ["mnist", "fashion_mnist", "cifar10"]
-
-
-def real_data_root() -> Path | None:
-    """HARNESS_DATA_DIR, else ../shared/data next to the repo; None if it holds no MNIST."""
-    for root in (os.environ.get("HARNESS_DATA_DIR"), REPO.parent / "shared" / "data"):
-        if root and (Path(root) / "MNIST" / "raw").is_dir():
-            return Path(root)
-    return None
 
 
 # ---------------------------------------------------------------- datasets
@@ -136,14 +126,12 @@ def unreachable_mirrors(monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_offline_download_fails_fast_and_leaves_nothing(tmp_path, unreachable_mirrors, name):
+def test_offline_download_fails_and_leaves_nothing(tmp_path, unreachable_mirrors, name):
     root = tmp_path / "data"
     root.mkdir()
     (root / "unrelated.txt").write_text("keep me")
-    start = time.perf_counter()
     with pytest.raises(HarnessError, match="and could not be downloaded") as info:
         load_dataset(name, root, True, download=True)
-    assert time.perf_counter() - start < 5
     _assert_names_folder_and_files(str(info.value), name, root)
     assert [p.name for p in root.iterdir()] == ["unrelated.txt"]
 
@@ -182,10 +170,9 @@ def test_download_times_out_on_a_silent_server(tmp_path, monkeypatch):
         url = f"http://127.0.0.1:{server.getsockname()[1]}/"
         monkeypatch.setattr(tvd.MNIST, "mirrors", [url, url])
         monkeypatch.setattr(datasets_module, "DOWNLOAD_TIMEOUT_S", 0.3)
-        start = time.perf_counter()
-        with pytest.raises(HarnessError, match="could not be downloaded"):
+        # Without the timeout the read would wait forever; with it, it gives up and says so.
+        with pytest.raises(HarnessError, match=r"could not be downloaded \(.*timed out"):
             load_dataset("mnist", tmp_path, True)
-        assert time.perf_counter() - start < 3
     assert list(tmp_path.iterdir()) == []
     assert socket.getdefaulttimeout() is None  # restored
 
@@ -224,9 +211,9 @@ def test_import_does_not_import_torchvision():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
-@pytest.mark.skipif(real_data_root() is None, reason="real MNIST not present")
+@requires_mnist
 def test_real_mnist():
-    root = real_data_root()
+    root = real_data_dir()
     train = load_dataset("mnist", root, True, download=False)
     test = load_dataset("mnist", root, False, download=False)
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)

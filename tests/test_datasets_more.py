@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, best_pt_test_accuracy
 
-from harness.data import EpochDataLoader, TensorLoader
+from harness.data import EpochDataLoader, TensorLoader, train_val_split
 from harness.errors import HarnessError
 from harness.recipe.data import build_data
 from harness.recipe.schema import DataConfig, load_recipe
@@ -65,6 +65,22 @@ def test_classes_keep_and_relabel_every_split(fake_data) -> None:
     kept = sorted(relabel[int(t)] for t in train_labels if int(t) in relabel)
     assert sorted(y_train.tolist() + y_val.tolist()) == kept
     assert len(y_val) == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_validation_hold_out_is_drawn_with_the_runs_seed(fake_data, seed: int) -> None:
+    """README: the hold-out is seeded by `trainer.seed`: it is exactly the images
+    `train_val_split(n, val_size, seed)` picks, and another seed holds out others."""
+    images, targets = (torch.as_tensor(a) for a in fake_data.arrays["mnist"][True])
+    data = build_data(data_cfg(fake_data, "mnist", val_size=10, batch_size=5), "cpu", seed)
+    _, val_idx = train_val_split(len(targets), 10, seed)
+    x_val, y_val = everything(data.val)
+    assert torch.equal(x_val, data.val.normalize(images[val_idx]))
+    assert torch.equal(y_val, targets[val_idx])
+    _, other_idx = train_val_split(len(targets), 10, seed + 1)
+    assert set(val_idx.tolist()) != set(other_idx.tolist())
+    other = build_data(data_cfg(fake_data, "mnist", val_size=10, batch_size=5), "cpu", seed + 1)
+    assert not torch.equal(everything(other.val)[0], x_val)
 
 
 def test_train_size_is_a_seeded_subset_disjoint_from_validation(fake_data) -> None:
@@ -218,6 +234,10 @@ def test_recipe_runs_one_epoch_on_fake_files(fake_data, tmp_path: Path, monkeypa
             "data.batch_size=8", "trainer.epochs=1", "trainer.progress=false", "trainer.device=cpu",
             f"logging.root={tmp_path / 'runs'}", *overrides]
     assert main(args) == 0
-    summary = json.loads(next((tmp_path / "runs").glob("*/*/summary.json")).read_text())
-    assert summary["epochs_run"] == 1 and 0.0 <= summary["test"]["acc"] <= 1.0
+    summary_file = next((tmp_path / "runs").glob("*/*/summary.json"))
+    summary = json.loads(summary_file.read_text())
+    assert summary["epochs_run"] == 1 and summary["tested_weights"].startswith("best.pt")
+    correct, total = best_pt_test_accuracy(summary_file.parent, fake_data.root)
+    assert total == {"fashion_mnist.yaml": 20, "cifar10_resnet.yaml": 10}[recipe]  # the fake test splits
+    assert summary["test"]["acc"] == pytest.approx(correct / total, abs=1e-6)
     assert np.isfinite(summary["final"]["train/loss"])

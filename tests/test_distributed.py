@@ -1,12 +1,14 @@
-"""torchrun on CPU (Gloo, 127.0.0.1): two ranks train one run, and their validation counts equal a
-single process's to the last sample; a rank killed mid-run ends the job with an error, not a hang."""
+"""torchrun on CPU (Gloo, 127.0.0.1): two ranks train one run, and their training loss and validation
+counts equal a single process's; a rank killed mid-run ends the job with an error, not a hang.
+
+torchrun runs with `--standalone`: its rendezvous store binds a free port itself, so no port is
+picked here, released, and raced for by another process before torchrun binds it."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,30 +19,29 @@ import torch
 from conftest import REPO, write_fake_mnist
 
 from harness.core.checkpoint import read_checkpoint
+from harness.core.seed import seed_everything
 from harness.core.trainer import Trainer
 from harness.recipe.build import build_metrics, build_model
 from harness.recipe.data import build_data
 from harness.recipe.schema import load_recipe
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 def torchrun(nproc: int, *args: str, data_root: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "HARNESS_DATA_DIR": str(data_root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "harness.train", *args]
+    cmd = [*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "harness.train", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_two_ranks_write_one_run_and_count_validation_exactly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_fake_mnist(data, n_train=700, n_test=101)
-    overrides = ["trainer.epochs=2", "data.val_size=201", "data.batch_size=32", "data.eval_batch_size=50",
-                 "metrics.cm.type=confusion_matrix", "trainer.progress=false", f"logging.root={tmp_path / 'runs'}"]
+    # One training batch per rank and epoch, no dropout: epoch 1's train/loss is the seeded initial
+    # model's loss on the two ranks' first batches, which one process can compute exactly.
+    overrides = ["trainer.epochs=2", "trainer.limit_train_batches=1", "model.args.dropout=0", "data.val_size=201",
+                 "data.batch_size=32", "data.eval_batch_size=50", "metrics.cm.type=confusion_matrix",
+                 "trainer.progress=false", f"logging.root={tmp_path / 'runs'}"]
     proc = torchrun(2, "recipes/mnist_mlp.yaml", *overrides, data_root=data)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -69,6 +70,22 @@ def test_two_ranks_write_one_run_and_count_validation_exactly(tmp_path: Path) ->
     assert sum(map(sum, ranked["val/cm"])) == 201
     assert ranked["val/acc"] == scores["val/acc"]
     assert ranked["val/loss"] == pytest.approx(scores["val/loss"], rel=1e-6)
+
+    # train/loss averages both ranks' samples, not rank 0's shard alone.
+    seed_everything(recipe.trainer.seed)  # as every rank does before building the model
+    initial = build_model(recipe.model)
+    sums, counts = [], []
+    for rank in (0, 1):
+        shard = build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed, rank=rank, world_size=2).train
+        shard.set_epoch(0)
+        images, target = next(iter(shard))
+        with torch.no_grad():
+            sums.append(float(torch.nn.functional.cross_entropy(initial(images), target)) * len(target))
+        counts.append(len(target))
+    assert counts == [32, 32]
+    shard_losses = [total / n for total, n in zip(sums, counts, strict=True)]
+    assert abs(shard_losses[0] - shard_losses[1]) > 1e-3 * shard_losses[0]  # one shard's mean would not pass
+    assert history[0]["train/loss"] == pytest.approx(sum(sums) / sum(counts), rel=1e-6)
 
 
 def _children(pid: int) -> list[int]:
@@ -118,8 +135,7 @@ def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "harness.train", "recipes/mnist_mlp.yaml", "trainer.epochs=1", *common,
                     f"logging.root={tmp_path / 'runs'}"], cwd=REPO, env=env, check=True, capture_output=True)
     best = next((tmp_path / "runs").glob("*/*/checkpoints/best.pt"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "harness.evaluate", "recipes/mnist_mlp.yaml",
+    cmd = [*TORCHRUN, "--nproc_per_node=2", "-m", "harness.evaluate", "recipes/mnist_mlp.yaml",
            "--checkpoint", str(best), *common]
     ranked = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert ranked.returncode == 0, ranked.stderr[-3000:]

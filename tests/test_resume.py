@@ -133,11 +133,12 @@ def test_resume_mid_epoch_after_sigterm_is_bit_identical(tmp_path: Path, accumul
 
 
 # ------------------------------------------------------------------ kill -9 while saving
-def _save_forever(trainer: Trainer, path: str, saved_once: Any) -> None:
-    """Child process: write checkpoints to the same path as fast as possible until killed.
-
-    It only serialises (no tensor math): after fork, a thread pool the parent used may deadlock.
-    """
+def _save_forever(path: str, first_step: int, saved_once: Any) -> None:
+    """Child process: write checkpoints to the same path as fast as possible until killed."""
+    model = nn.Linear(512, 1024)  # 2 MB of weights: a save takes long enough to be hit mid-write
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), device="cpu",
+                      progress=False)
+    trainer.global_step = first_step
     while True:
         trainer.save_checkpoint(path)
         saved_once.set()
@@ -145,18 +146,16 @@ def _save_forever(trainer: Trainer, path: str, saved_once: Any) -> None:
 
 
 def test_kill_9_during_checkpoint_saves_never_leaves_a_broken_last_pt(tmp_path: Path) -> None:
-    model = nn.Linear(512, 1024)  # 2 MB of weights: a save takes long enough to be hit mid-write
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), device="cpu",
-                      progress=False)
     path = tmp_path / "last.pt"
     rng = random.Random(0)
-    fork = multiprocessing.get_context("fork")
+    # "spawn", not "fork": this process runs threads (torch's pools, pytest's), and a forked child
+    # inherits locks they may hold at the fork, so it can deadlock.
+    spawn = multiprocessing.get_context("spawn")
     for kill in range(8):
-        saved_once = fork.Event()
-        trainer.global_step = 1000 * kill
-        child = fork.Process(target=_save_forever, args=(trainer, str(path), saved_once), daemon=True)
+        saved_once = spawn.Event()
+        child = spawn.Process(target=_save_forever, args=(str(path), 1000 * kill, saved_once), daemon=True)
         child.start()
-        assert saved_once.wait(timeout=60)
+        assert saved_once.wait(timeout=120)
         time.sleep(rng.uniform(0.0, 0.05))  # a few saves in: the kill lands anywhere in one
         os.kill(child.pid, signal.SIGKILL)
         child.join()
@@ -260,7 +259,11 @@ def start_and_signal(args: list[str], tmp_path: Path, signum: int) -> subprocess
     process = subprocess.Popen([sys.executable, "-m", "harness.train", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = tmp_path / "marker"
+    deadline = time.monotonic() + 120  # a run that never reaches its first batch fails, not hangs
     while not marker.exists() and process.poll() is None:  # wait for the first training batch
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no training batch within 120 s: {process.communicate()[1][-2000:]}")
         time.sleep(0.05)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -54,7 +55,15 @@ def test_training_learns_far_above_chance() -> None:
     assert all(isinstance(v, (int, float)) for h in history for v in h.values())
     scores = trainer.evaluate(val)
     assert set(scores) == {"loss", "acc", "f1"}
-    assert scores["acc"] == history[-1]["val/acc"]
+    # Against the trained model's outputs, computed here without the Trainer's loop or metrics.
+    from sklearn.metrics import f1_score
+
+    with torch.no_grad():
+        logits = trainer.model.eval()(x[1500:])
+    predicted = logits.argmax(1)
+    assert round(scores["acc"] * 500) == int((predicted == y[1500:]).sum())
+    assert scores["f1"] == pytest.approx(f1_score(y[1500:], predicted, average="macro"), rel=1e-6)
+    assert scores["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y[1500:])), rel=1e-5)
 
 
 def test_validation_is_no_grad_in_eval_mode_and_restores_train_mode() -> None:
@@ -169,6 +178,27 @@ def test_duck_typed_metric_plugs_in_without_adapters() -> None:
     assert scores["errors"] == round((1 - scores["acc"]) * 512)
     cm = torch.tensor(scores["cm"])
     assert cm.sum() == 512 and int(cm.trace()) == 512 - scores["errors"]
+
+
+def test_torchmetrics_objects_plug_in_unchanged() -> None:
+    """README: a torchmetrics metric fits the metrics slot as it is, and gives the harness metrics' values."""
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    x, y = blobs(700)
+    model = mlp()
+    metrics = {"acc": Accuracy(num_classes=4), "f1": F1Score(num_classes=4, average="macro"),
+               "tm_acc": MulticlassAccuracy(num_classes=4, average="micro"),
+               "tm_f1": MulticlassF1Score(num_classes=4, average="macro")}
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), nn.CrossEntropyLoss(), metrics,
+                      device="cpu", progress=False)
+    untrained = trainer.validate(batches(x[500:], y[500:], 48))  # mistakes: F1 differs from accuracy
+    assert untrained["val/acc"] < 0.9 and untrained["val/f1"] != pytest.approx(untrained["val/acc"], abs=1e-3)
+    history = trainer.fit(batches(x[:500], y[:500]), batches(x[500:], y[500:], 48), epochs=2)
+    scores = trainer.evaluate(batches(x[500:], y[500:], 64))
+    for logs in [untrained, *history, {f"val/{k}": v for k, v in scores.items()}]:
+        assert isinstance(logs["val/tm_acc"], float) and isinstance(logs["val/tm_f1"], float)
+        assert logs["val/tm_acc"] == pytest.approx(logs["val/acc"], abs=1e-6)
+        assert logs["val/tm_f1"] == pytest.approx(logs["val/f1"], abs=1e-6)
 
 
 def test_device_auto_is_cpu_here_and_cuda_request_fails_clearly() -> None:

@@ -123,6 +123,19 @@ def test_halt_names_epoch_and_batch_and_leaves_last_pt_untouched(tmp_path: Path)
     assert trainer.epoch == 1  # epoch 2 never finished
 
 
+# The default log_every_n_steps (50) never refreshes in an epoch of 8 batches, and 3 refreshes after
+# batches 3 and 6: a NaN after the last refresh is caught only by the check at the epoch's end.
+@pytest.mark.parametrize(("every", "bad_batch"), [(None, 7), (None, 0), (3, 6), (3, 7)])
+def test_halt_catches_a_nan_after_the_last_progress_refresh(tmp_path: Path, every: int | None,
+                                                           bad_batch: int) -> None:
+    kwargs = {} if every is None else {"log_every_n_steps": every}
+    trainer = mlp_trainer(nan_at((1, bad_batch)), callbacks=[ModelCheckpoint(tmp_path, monitor=None)], **kwargs)
+    with pytest.raises(NonFiniteLossError, match=rf"at epoch 1, batch {bad_batch + 1} of the epoch"):
+        trainer.fit(loader(64, 8), epochs=2)
+    assert trainer.epoch == 0 and trainer.history == []
+    assert not (tmp_path / "last.pt").exists()  # the epoch never ended: nothing saved
+
+
 class Snapshots(Callback):
     """The weights and the skip counter after every training batch."""
 
