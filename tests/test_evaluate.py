@@ -286,3 +286,22 @@ def test_a_checkpoint_is_not_scored_under_other_classes(trained, capsys: pytest.
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data.classes=null" in err and "data.classes=[5,6,7,8,9]" in err, err
     assert report.read_bytes() == before
+
+
+def test_every_scalar_figure_comes_with_its_interval(trained) -> None:
+    from harness.stats import wilson_interval
+
+    result = evaluate(load_recipe(RECIPE, trained["overrides"]), trained["run_dir"] / "checkpoints" / "best.pt",
+                      write=False, verbose=False)
+    bounds = result["intervals"]
+    n, correct = result["num_samples"], sum(result["confusion_matrix"][i][i] for i in range(10))
+    assert bounds["confidence"] == 0.95
+    assert bounds["accuracy"] == list(wilson_interval(correct, n))  # the Wilson interval of correct / n
+    for average in ("macro", "weighted"):
+        for name in ("precision", "recall", "f1"):
+            low, high = bounds[f"{name}_{average}"]
+            assert low < result["averages"][average][name] < high
+            assert "bootstrap" in bounds["methods"][f"{name}_{average}"]
+    again = evaluate(load_recipe(RECIPE, trained["overrides"]), trained["run_dir"] / "checkpoints" / "best.pt",
+                     write=False, verbose=False)
+    assert again["intervals"] == bounds  # seeded: the same interval every time

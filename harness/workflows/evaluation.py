@@ -38,8 +38,11 @@ from harness.metrics.report import classification_summary, format_classification
 from harness.recipe.parts import build_evaluation, setup
 from harness.recipe.run_folder import results_folder, write_json
 from harness.recipe.schema import MetricConfig, Recipe, load_recipe
+from harness.stats import batched_precision_recall_f1, percentile_interval, resample_confmat, wilson_interval
 
 TOP_K = 5  # top-k accuracy is reported when there are more than this many classes
+CONFIDENCE = 0.95  # of every interval reported
+RESAMPLES = 1000  # bootstrap resamples: the interval's ends move by about 0.1 % of its width between seeds
 
 
 def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "test", *, speed: bool = False,
@@ -83,6 +86,7 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
         result[f"top{TOP_K}_accuracy"] = scores[f"{split}/top{TOP_K}"]
     result.update(averages=summary["averages"], per_class=summary["per_class"], classes=list(parts.data.classes),
                   confusion_matrix=confmat, eval_seconds=round(eval_seconds, 3))
+    result["intervals"] = intervals(result, confmat)
     if speed:
         inputs, _ = next(iter(parts.loader))
         result["speed"] = measure_inference(parts.model, inputs, batch_sizes=(1, recipe.data.eval_batch_size),
@@ -92,6 +96,30 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     if verbose:
         print(format_evaluation(result, summary), flush=True)
     return result
+
+
+def intervals(result: dict[str, Any], confmat: list[list[int]], confidence: float = CONFIDENCE,
+              n_resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """How sure each scalar figure is, over the sampling of the test set: accuracy and top-k accuracy
+    (proportions) by the Wilson score interval; the averaged precision, recall and F1 by the
+    percentile bootstrap of the samples, drawn from the confusion matrix (`harness.stats`). The loss
+    gets none: its per-sample values are not kept."""
+    n = result["num_samples"]
+    correct = sum(confmat[i][i] for i in range(len(confmat)))
+    out: dict[str, Any] = {"confidence": confidence, "accuracy": [*wilson_interval(correct, n, confidence)]}
+    methods = {"accuracy": "Wilson score"}
+    if f"top{TOP_K}_accuracy" in result:
+        hits = round(result[f"top{TOP_K}_accuracy"] * n)
+        out[f"top{TOP_K}_accuracy"] = [*wilson_interval(hits, n, confidence)]
+        methods[f"top{TOP_K}_accuracy"] = "Wilson score"
+    resamples = resample_confmat(confmat, n_resamples=n_resamples, seed=seed)
+    for average in ("macro", "weighted"):
+        values = batched_precision_recall_f1(resamples, average)
+        for name, value in zip(("precision", "recall", "f1"), values, strict=True):
+            out[f"{name}_{average}"] = [*percentile_interval(value, confidence)]
+            methods[f"{name}_{average}"] = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
+    out["methods"] = methods
+    return out
 
 
 def report_metrics(num_classes: int) -> dict[str, MetricConfig]:
@@ -145,10 +173,21 @@ def format_evaluation(result: dict[str, Any], summary: dict[str, Any] | None = N
     head = (f"# {result['checkpoint']} (epoch {result['epoch']}, {result['weights']})\n"
             f"# {result['split']} split: {result['num_samples']} samples on {result['device']} "
             f"in {result['eval_seconds']:.2f} s")
-    scalars = f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}"
+    scalars = [f"loss {result['loss']:.4f} (no interval: per-sample losses are not kept)"]
+    figures = {"accuracy": result["accuracy"]}
     if f"top{TOP_K}_accuracy" in result:
-        scalars += f"  top-{TOP_K} accuracy {result[f'top{TOP_K}_accuracy']:.4f}"
-    parts = [head, "", format_classification_report(summary), "", scalars, "",
+        figures[f"top{TOP_K}_accuracy"] = result[f"top{TOP_K}_accuracy"]
+    for average in ("macro", "weighted"):
+        figures.update({f"{name}_{average}": result["averages"][average][name]
+                        for name in ("precision", "recall", "f1")})
+    bounds = result.get("intervals", {})
+    width = max(len(name) for name in figures)
+    for name, value in figures.items():
+        if name in bounds:
+            low, high = bounds[name]
+            scalars.append(f"{name:<{width}} {value:.4f} [{low:.4f}, {high:.4f}]  {bounds['methods'][name]}")
+    confidence = f"{100 * bounds['confidence']:g} % intervals over the test samples" if bounds else ""
+    parts = [head, "", format_classification_report(summary), "", f"# {confidence}".rstrip(" #"), *scalars, "",
              "confusion matrix (rows: true class, columns: predicted class index)",
              format_confusion_matrix(result["confusion_matrix"], result["classes"])]
     if "speed" in result:

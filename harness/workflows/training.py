@@ -42,6 +42,7 @@ from harness.recipe.run_folder import (
     write_summary,
 )
 from harness.recipe.schema import Recipe, dump_yaml
+from harness.stats import wilson_interval
 
 
 def train(recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
@@ -212,6 +213,8 @@ class Run:
             "test": test,
             "test_samples": trainer.last_pass_samples if test is not None else None,
             # what the test figures cover, in words: the whole split, or the first N batches of it
+            # Accuracies are proportions: their Wilson interval over the test samples (harness.stats).
+            "test_intervals": _accuracy_intervals(self.recipe, test, trainer.last_pass_samples),
             "test_covers": _test_covers(trainer.last_pass_samples, trainer.limit_test_batches, t.fast_dev_run)
             if test is not None else "not tested",
             "tested_weights": tested,
@@ -246,3 +249,11 @@ def _test_covers(samples: int, limit: int | None, fast_dev_run: bool) -> str:
         return f"{samples} samples: the whole test split"
     why = "trainer.fast_dev_run" if fast_dev_run else "trainer.limit_test_batches"
     return f"only {samples} samples: the first {limit} batch{'es' * (limit > 1)} of the test split ({why})"
+
+
+def _accuracy_intervals(recipe: Recipe, test: dict[str, Any] | None, samples: int) -> dict[str, list[float]]:
+    """95 % Wilson intervals of the test accuracies (the recipe's metrics of type accuracy)."""
+    if not test or not samples:
+        return {}
+    return {name: [*wilson_interval(round(test[name] * samples), samples)]
+            for name, cfg in recipe.metrics.items() if cfg.type == "accuracy" and isinstance(test.get(name), float)}
