@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from harness.errors import HarnessError, Interrupted
+from harness.errors import CheckFailed, HarnessError, Interrupted
 
 EXIT_BAD_INPUT = 2
 
@@ -25,9 +25,9 @@ def command_parser(command: str, description: str, examples: str) -> argparse.Ar
 
 
 def run_command(command: Callable[[], int | None]) -> int:
-    """Run `command`; bad input -> exit 2, NaN halt -> 1, SIGINT -> 130, SIGTERM -> 143. No tracebacks
-    for these; a genuine bug still shows its traceback. A command that finished but must report a
-    failure (compare: one model failed) returns its exit code; None is success.
+    """Run `command`; bad input -> exit 2, NaN halt or a failed self-check -> 1, SIGINT -> 130,
+    SIGTERM -> 143. No tracebacks for these; a genuine bug still shows its traceback. A command that
+    finished but must report a failure (compare: one model failed) returns its exit code; None is success.
 
     A torchrun worker (a process group is up when the command ends) tears the group down after the
     other ranks have finished too and then exits at once with its code: see
@@ -47,7 +47,7 @@ def run_command(command: Callable[[], int | None]) -> int:
     try:
         returned = command()
         code = returned if isinstance(returned, int) else 0
-    except (HarnessError, NonFiniteLossError) as e:
+    except (HarnessError, NonFiniteLossError, CheckFailed) as e:
         # Under torchrun every rank meets the same bad input (and NaN halts are agreed across ranks):
         # say it once, from rank 0.
         if is_main_process() and os.environ.get("RANK", "0") == "0":

@@ -1,5 +1,5 @@
-"""The exceptions the command line turns into one clear line and an exit code: bad input (2) and a
-signal outside the training loop (128 + the signal number)."""
+"""The exceptions the command line turns into one clear line and an exit code: bad input (2), a
+failed self-check (1) and a signal outside the training loop (128 + the signal number)."""
 
 
 class HarnessError(Exception):
@@ -18,3 +18,12 @@ class Interrupted(Exception):
         super().__init__(f"signal {signum}")
         self.signum = signum
         self.hint = hint
+
+
+class CheckFailed(Exception):
+    """A command's check of its own result failed: the input was valid, the result is not.
+
+    E.g. an exported model that does not reproduce the PyTorch model within the stated tolerance.
+    The message is one line saying what was measured against what; commands print
+    ``error: <message>`` and exit with code 1.
+    """

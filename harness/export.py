@@ -10,12 +10,13 @@ import argparse
 import sys
 
 from harness.cli import command_parser, run_command
-from harness.recipe.choices import EXPORT_FORMATS
+from harness.recipe.choices import DEFAULT_EXPORT_ATOL, EXPORT_FORMATS
 
 EXAMPLES = """examples:
   python -m harness.export recipes/mnist.yaml --checkpoint runs/mnist/<time>/checkpoints/best.pt --format onnx
   python -m harness.export recipes/mnist.yaml --checkpoint CKPT --format torchscript --output mnist.pt
-  python -m harness.export recipes/mnist.yaml --checkpoint CKPT --format state_dict"""
+  python -m harness.export recipes/mnist.yaml --checkpoint CKPT --format state_dict
+  python -m harness.export recipes/mnist.yaml --checkpoint CKPT --format onnx --atol 1e-3"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,7 +26,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="e.g. runs/mnist/<time>/checkpoints/best.pt")
     parser.add_argument("--format", required=True, choices=list(EXPORT_FORMATS), dest="fmt")
-    parser.add_argument("--output", metavar="PATH", help="default: <run>/export/<checkpoint stem>.<ext>")
+    parser.add_argument("--output", metavar="PATH", help="default: <run>/export/<checkpoint stem>.<ext>; "
+                        "never a checkpoint")
+    parser.add_argument("--atol", type=float, default=DEFAULT_EXPORT_ATOL,
+                        help="largest absolute difference allowed between the exported file's outputs and the "
+                             "PyTorch model's; above it nothing is written and the exit code is 1 "
+                             f"(default {DEFAULT_EXPORT_ATOL:g})")
     return parser.parse_intermixed_args(argv)
 
 
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from harness.recipe.schema import load_recipe  # noqa: PLC0415
         from harness.workflows.export import export  # noqa: PLC0415
 
-        export(load_recipe(args.recipe, args.overrides), args.checkpoint, args.fmt, args.output)
+        export(load_recipe(args.recipe, args.overrides), args.checkpoint, args.fmt, args.output, atol=args.atol)
 
     return run_command(command)
 

@@ -23,7 +23,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=256")
     parser.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
     parser.add_argument("--end", type=float, default=10.0, help="last learning rate (default 10)")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps at most (default 200)")
+    parser.add_argument("--steps", type=int, default=200,
+                        help="optimizer steps at most (default 200); each takes trainer.accumulate_grad_batches "
+                             "batches, as training does")
     return parser.parse_intermixed_args(argv)
 
 
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         from harness.workflows.lr_range import lr_find  # noqa: PLC0415
 
         recipe = load_recipe(args.recipe, args.overrides)
-        lr_find(recipe, args.recipe, start_lr=args.start, end_lr=args.end, steps=args.steps)
+        lr_find(recipe, args.recipe, start_lr=args.start, end_lr=args.end, steps=args.steps,
+                overrides=args.overrides)
 
     return run_command(command)
 

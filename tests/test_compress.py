@@ -146,3 +146,38 @@ def test_bad_input_is_one_line_and_exit_2(trained: dict, tmp_path: Path, capsys:
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == [garbage]  # no run folder
+
+
+@pytest.mark.parametrize(("classes", "num_classes"), [("[9,8,7,6,5,4,3,2,1,0]", 10), ("[0,1]", 2), ("[0,1]", 10)])
+def test_other_classes_than_the_checkpoints_are_refused(trained: dict, tmp_path: Path, classes: str, num_classes: int,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Scored against reversed labels the model read 1.86 % on real MNIST; on a 2-class subset it crashed.
+    The check evaluate makes (check_same_data, through build_evaluation) refuses both, before any scoring."""
+    code = main([str(RECIPE), "--checkpoint", str(trained["checkpoint"]), f"data.root={trained['tmp'] / 'data'}",
+                 f"logging.root={tmp_path}", f"data.classes={classes}", f"model.args.num_classes={num_classes}"])
+    err = capsys.readouterr().err
+    if num_classes == 2:  # the 2-class model does not fit the 10-class weights at all
+        assert err.startswith(f"error: {trained['checkpoint']}: checkpoint does not fit this model"), err
+    else:
+        assert err.startswith(f"error: {trained['checkpoint']}: trained with data.classes=null, but the recipe says "
+                              f"data.classes={classes}; score it with data.classes=null"), err
+    assert code == 2 and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+def test_a_model_without_linear_or_conv_layers_is_one_line(trained: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """With --sparsities "" the original row alone divided by zero weights (ZeroDivisionError)."""
+    from harness.workflows.training import train
+
+    overrides = ["model.name=odd_models:NoLinearOrConv", "model.args={}", "trainer.epochs=1",
+                 "trainer.limit_train_batches=1", "data.val_size=100", "trainer.progress=false",
+                 f"data.root={trained['tmp'] / 'data'}"]
+    summary = train(load_recipe(RECIPE, [*overrides, f"logging.root={tmp_path / 'train'}"]), recipe_path=RECIPE)
+    checkpoint = Path(summary["run_dir"]) / "checkpoints" / "best.pt"
+    code = main([str(RECIPE), "--checkpoint", str(checkpoint), "--sparsities", "", *overrides,
+                 f"logging.root={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: {checkpoint}: NoLinearOrConv has no Linear or Conv layer; compress prunes "
+                                 "and quantizes those only, so there is nothing to compare\n")
+    assert not (tmp_path / "runs").exists()

@@ -125,3 +125,87 @@ def test_cv_folds_the_same_samples_build_data_trains_on(tmp_path: Path, fake_mni
     result = json.loads((cv_dir / "cv.json").read_text())
     assert [f["val_size"] for f in result["per_fold"]] == [20] * 3
     assert all(f["train_size"] == 40 for f in result["per_fold"])
+
+
+def test_cv_ignores_val_size_zero(tmp_path: Path, fake_mnist: Path) -> None:
+    """The held-out fold is the validation data: data.val_size=0 used to be refused ("'val/acc' is never logged")."""
+    from harness.cv import main
+
+    assert main([*cv_args(tmp_path, fake_mnist, "trainer.epochs=1", "data.val_size=0"), "--folds", "2"]) == 0
+    (cv_dir,) = (tmp_path / "runs" / "mnist_mlp-cv").iterdir()
+    result = json.loads((cv_dir / "cv.json").read_text())
+    assert [f["val_size"] for f in result["per_fold"]] == [100, 100]
+    assert all(0 <= f["metrics"]["val/acc"] <= 1 for f in result["per_fold"])
+
+
+def test_cv_reports_the_train_size_each_fold_trained_on(tmp_path: Path, fake_mnist: Path) -> None:
+    """cv.json said 150 (the other folds) when data.train_size=60 trained each fold on 60 samples."""
+    from harness.cv import main
+    from harness.recipe.data import build_data
+    from harness.recipe.schema import load_recipe
+
+    args = cv_args(tmp_path, fake_mnist, "trainer.epochs=1", "data.train_size=60")
+    assert main([*args, "--folds", "4"]) == 0
+    (cv_dir,) = (tmp_path / "runs" / "mnist_mlp-cv").iterdir()
+    per_fold = json.loads((cv_dir / "cv.json").read_text())["per_fold"]
+    assert [(f["train_size"], f["other_folds_size"], f["val_size"]) for f in per_fold] == [(60, 150, 50)] * 4
+    # what build_data trains a fold on, given the fold's indices: 60 images
+    recipe = load_recipe(args[0], args[1:])
+    data = build_data(recipe.data, torch.device("cpu"), 0, indices=(torch.arange(150), torch.arange(150, 200)))
+    assert sum(len(y) for _, y in data.train) == 60
+
+
+def test_cv_train_size_larger_than_a_fold_fails_before_the_folder(tmp_path: Path, fake_mnist: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cv import main
+
+    assert main([*cv_args(tmp_path, fake_mnist, "data.train_size=151"), "--folds", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: data.train_size=151: with --folds 4, a fold trains on the other 3 folds, as few as 150 "
+                   "of the 200 training samples; set data.train_size to at most 150, or null to train on all of them\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cv_interrupted_writes_the_finished_folds_and_says_how_to_finish(tmp_path: Path, fake_mnist: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from odd_models import InterruptAtCall
+
+    from harness.cv import main
+
+    def run(at: int, root: Path, argv: list[str] | None = None) -> int:
+        InterruptAtCall.calls = 0 if argv is None else at  # a resume is not interrupted again: past `at` already
+        model = ["model.name=odd_models:InterruptAtCall", f"model.args={{at: {at}}}"]
+        return main(argv or [*cv_args(root, fake_mnist, *model), "--folds", "3"])
+
+    # An uninterrupted run first: how many forward calls one fold makes, and the figures to match.
+    assert run(10**9, tmp_path / "whole") == 0
+    per_fold_calls = InterruptAtCall.calls // 3
+    (whole_dir,) = (tmp_path / "whole" / "runs" / "mnist_mlp-cv").iterdir()
+    whole = json.loads((whole_dir / "cv.json").read_text())
+    capsys.readouterr()
+
+    # SIGINT a few steps into fold 2: exit 130, fold 1 kept in cv.json, marked incomplete.
+    assert run(per_fold_calls + 3, tmp_path) == 130
+    err = capsys.readouterr().err
+    (cv_dir,) = (tmp_path / "runs" / "mnist_mlp-cv").iterdir()
+    partial = json.loads((cv_dir / "cv.json").read_text())
+    assert partial["complete"] is False and partial["interrupted"] == {"signal": "SIGINT", "fold": 2}
+    assert [f["fold"] for f in partial["per_fold"]] == [1] and "mean" not in partial
+    assert partial["per_fold"][0]["metrics"] == whole["per_fold"][0]["metrics"]
+    command = err.strip().splitlines()[-1].split("; to run the others, ")[1]
+    assert command == f"python -m harness.cv {cv_dir / 'config.yaml'} --folds 3 --resume {cv_dir}"
+
+    # The printed command finishes the run in the same folder: the same figures as the uninterrupted run.
+    assert run(per_fold_calls + 3, tmp_path, shlex.split(command)[3:]) == 0
+    finished = json.loads((cv_dir / "cv.json").read_text())
+    assert finished["complete"] is True and [f["fold"] for f in finished["per_fold"]] == [1, 2, 3]
+    for got, expected in zip(finished["per_fold"], whole["per_fold"], strict=True):
+        assert got["metrics"] == pytest.approx(expected["metrics"], rel=1e-6)
+    assert finished["mean"]["val/acc"] == pytest.approx(whole["mean"]["val/acc"], rel=1e-6)
+    history = [json.loads(line) for line in (cv_dir / "fold-2" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]  # the interrupted fold's partial logs were replaced
+    # A complete run is not resumed again.
+    assert run(10**9, tmp_path, shlex.split(command)[3:]) == 2
+    assert "that cross-validation is complete" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,59 @@ def test_parameter_groups_keep_their_ratio_and_the_subclass_step_is_used() -> No
     assert [first for first, _ in seen] == pytest.approx(result.lrs)
     assert [second for _, second in seen] == pytest.approx([lr / 10 for lr in result.lrs])
     assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]
+
+
+def test_each_step_is_the_accumulated_step_training_takes() -> None:
+    """With accumulate_grad_batches=4 a sweep step averages 4 batches' gradients: the same sweep as on
+    batches 4 times larger, loss for loss (a linear model and a mean loss, so the two are equal)."""
+    small = regression_batches(n_batches=16)
+    large = [(torch.cat([x for x, _ in small[i:i + 4]]), torch.cat([y for _, y in small[i:i + 4]]))
+             for i in range(0, 16, 4)]
+    results = []
+    for data, accumulate in ((small, 4), (large, 1)):
+        torch.manual_seed(0)
+        model = nn.Linear(16, 1)
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=1e-2), nn.MSELoss(), device="cpu",
+                          progress=False, accumulate_grad_batches=accumulate)
+        results.append(find_lr(trainer, data, start_lr=1e-4, end_lr=1.0, steps=12))
+    accumulated, one_batch = results
+    assert len(accumulated.lrs) == len(one_batch.lrs) == 12  # 12 steps: 48 small batches, the data cycled
+    assert accumulated.lrs == pytest.approx(one_batch.lrs)
+    assert accumulated.losses == pytest.approx(one_batch.losses, rel=1e-5)
+    assert accumulated.losses[-1] < 0.5 * accumulated.losses[0]  # it trained: the steps had an effect
+
+
+def test_try_command_keeps_the_overrides_and_states_the_effective_batch(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=20)
+    overrides = [f"data.root={tmp_path / 'data'}", "data.val_size=50", "data.batch_size=16",
+                 "trainer.accumulate_grad_batches=2", "optim.lr=5e-3", "model.args.hidden=[32]",
+                 f"logging.root={tmp_path / 'runs'}", "trainer.progress=false"]
+    code = main([str(REPO / "recipes" / "mnist_mlp.yaml"), *overrides, "--steps", "30", "--start", "1e-5",
+                 "--end", "10"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs" / "mnist_mlp-lr_find").iterdir()
+    report = json.loads((run_dir / "lr_find.json").read_text())
+    assert report["batch_size"] == 16 and report["accumulate_grad_batches"] == 2
+    assert report["effective_batch_size"] == 32
+    assert "each step: batch 32 (2 accumulated batches of 16)" in out
+    assert report["suggestion"] is not None, out
+    (line,) = [line for line in out.splitlines() if line.startswith("try: ")]
+    # What a shell makes of the printed line: the user's overrides, the recipe's optim.lr replaced.
+    kept = [o for o in overrides if o != "optim.lr=5e-3"]
+    assert shlex.split(line.removeprefix("try: ")) == [
+        "python", "-m", "harness.train", str(REPO / "recipes" / "mnist_mlp.yaml"), *kept,
+        f"optim.lr={report['suggestion']:.2g}"]
+
+
+@pytest.mark.parametrize(("start", "end"), [("1e-7", "inf"), ("-inf", "1"), ("nan", "1")])
+def test_non_finite_range_is_refused(tmp_path: Path, start: str, end: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([str(REPO / "recipes" / "mnist_mlp.yaml"), f"logging.root={tmp_path / 'runs'}", f"--start={start}",
+                 f"--end={end}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: lr_find: --start and --end must be finite numbers, got start={float(start)}, "
+                          f"end={float(end)}")
+    assert not (tmp_path / "runs").exists()

@@ -63,6 +63,33 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
+def temporary_beside(path: str | Path) -> Path:
+    """A new, empty `.<name>.<random>.tmp` in `path`'s folder, for a writer that takes a file name
+    (torch.onnx.export, torch.jit.save); `publish` then puts it in place. Same folder: the rename is atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temporary(path)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Put a finished temporary file (`temporary_beside`) in place at `path`: fsync, rename, fsync the
+    folder; as with `atomic_save`, `path` is the old file or the new one at any instant."""
+    tmp, path = Path(tmp), Path(path)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def atomic_copy(source: str | Path, destination: str | Path) -> None:
     """Copy a file with the same all-or-nothing guarantee as `atomic_save`."""
     atomic_save(Path(source).read_bytes(), destination, raw=True)

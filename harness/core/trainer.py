@@ -319,18 +319,25 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def train_step(self, batch: Any) -> Tensor:
-        """One forward, backward and optimizer step on one batch (already on the device), outside `fit`.
+    def train_step(self, batch: Any, *more: Any) -> Tensor:
+        """One optimizer step on one batch, or on a group of batches (all already on the device), outside `fit`.
 
-        `training_step` under autocast, backward (loss-scaled for fp16), the optimizer step (through the
-        scaler for fp16), `zero_grad`. No accumulation, clipping, schedule or step count: for tools that
-        drive the learning rate themselves (`find_lr`). Returns the loss, on the device.
+        `training_step` under autocast for each batch, backward of its loss divided by the group's size
+        (so N batches of B give the gradient of one batch of N·B, as `accumulate_grad_batches` does in
+        `fit`; loss-scaled for fp16), then the optimizer step (through the scaler for fp16) and `zero_grad`.
+        No clipping, schedule or step count: for tools that drive the learning rate themselves
+        (`find_lr`). Returns the group's mean loss, on the device.
         """
-        with self.autocast():
-            loss = self.training_step(batch)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        batches = (batch, *more)
+        total: Tensor | None = None
+        for one in batches:
+            with self.autocast():
+                loss = self.training_step(one)
+            scaled = loss / len(batches) if len(batches) > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total = scaled.detach() if total is None else total + scaled.detach()
         self._step_and_zero_grad()
-        return loss
+        return total
 
     def _check_finite(self, step_losses: Tensor, begin: int, end: int, first_batch: int) -> None:
         if self.on_nonfinite != "halt" or end <= begin:

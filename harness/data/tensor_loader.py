@@ -84,6 +84,7 @@ class Uint8Normalize:
     ) -> None:
         if len(mean) != len(std):
             raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)  # as given: for exports
         mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
         std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
         # (x/255 - mean)/std == x * scale + shift; computed in float64, then rounded once

@@ -134,10 +134,16 @@ def build_metrics(cfg: dict[str, MetricConfig], num_classes: int) -> dict[str, A
     return {name: build_metric(name, m, num_classes) for name, m in cfg.items()}
 
 
-def logged_names(recipe: Recipe) -> list[str]:
-    """Every scalar a run of this recipe logs per epoch: what `monitor` may name."""
+def logged_names(recipe: Recipe, validates: bool | None = None) -> list[str]:
+    """Every scalar a run of this recipe logs per epoch: what `monitor` may name.
+
+    `validates`: whether the run has validation data; None decides from the recipe (a `data.val_size`
+    hold-out, or `trainer.overfit_batches`). Cross-validation passes True: its held-out fold is the
+    validation data whatever `data.val_size` says."""
     names = ["train/loss", "lr", "epoch_seconds", "samples_per_s"]
-    if recipe.data.val_size or recipe.trainer.overfit_batches:
+    if validates is None:
+        validates = bool(recipe.data.val_size or recipe.trainer.overfit_batches)
+    if validates:
         names.append("val/loss")
         for name, m in recipe.metrics.items():
             per_class = m.type == "confusion_matrix" or (m.type != "accuracy" and m.average == "none")
@@ -146,9 +152,9 @@ def logged_names(recipe: Recipe) -> list[str]:
     return names
 
 
-def check_monitors(recipe: Recipe) -> None:
-    """Fail before the first step when a monitored name is never logged."""
-    names = logged_names(recipe)
+def check_monitors(recipe: Recipe, validates: bool | None = None) -> None:
+    """Fail before the first step when a monitored name is never logged (`validates`: see `logged_names`)."""
+    names = logged_names(recipe, validates)
     checks = [("trainer.monitor", recipe.trainer.monitor)]
     if recipe.trainer.early_stopping is not None:
         checks.append(("trainer.early_stopping.monitor", recipe.trainer.early_stopping.monitor))
@@ -164,7 +170,7 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     `run_dir` None writes nothing (fast_dev_run, tests); `checkpoints=False` logs to `run_dir` but
     saves no checkpoints (cross-validation folds)."""
     t = recipe.trainer
-    check_monitors(recipe)
+    check_monitors(recipe, validates=data.val is not None)
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -74,7 +74,7 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
 
     `indices`: explicit (train, val) indices into the training split (cross-validation folds)."""
     t = recipe.trainer
-    check_monitors(recipe)
+    check_monitors(recipe, validates=True if indices is not None else None)  # a fold validates on its held-out fold
     model = build_model(recipe.model)
     initialised = None if resuming else init_model(model, recipe.model)
     data = build_data(recipe.data, env.device, t.seed, overfit_batches=t.overfit_batches,

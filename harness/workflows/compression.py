@@ -121,6 +121,9 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
     # way evaluate checks them, and the whole test split.
     parts = build_evaluation(recipe, setup(recipe), checkpoint, "test", confusion_matrix_only)
     model, state, data = parts.model, parts.state, parts.data
+    if not prunable_weights(model):  # every row but the original would be the original again
+        raise HarnessError(f"{checkpoint}: {type(model).__name__} has no Linear or Conv layer; compress prunes and "
+                           "quantizes those only, so there is nothing to compare")
     example, _ = next(iter(data.test))
     batch_sizes = (1, recipe.data.eval_batch_size)
 

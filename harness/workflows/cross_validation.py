@@ -16,10 +16,18 @@ metrics: picking the best epoch on the held-out fold would bias the estimate upw
 No checkpoints are written: fold models are measurements of the recipe, not models to keep (train
 the final model on all the data with `python -m harness.train`). `cross_validate(recipe, folds)`
 is the same thing from Python and returns what cv.json holds.
+
+On SIGINT / SIGTERM the fold in progress stops after its current step; cv.json is written with the
+folds finished so far (`"complete": false`, no mean or std) and the command that finishes the run is
+printed: `--resume <cv folder>` with the folder's own config.yaml runs the remaining folds into the
+same folder (the interrupted fold again from its start; its partial logs are replaced).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,25 +37,33 @@ from tqdm import tqdm
 
 from harness.core.callbacks import best_entry
 from harness.core.seed import seed_everything
+from harness.core.trainer import TrainingInterrupted
 from harness.data import ImageTensors, dataset_targets
 from harness.data.folds import fold_splits, stratified_folds
 from harness.errors import HarnessError
 from harness.metrics.report import format_table, mean_std
-from harness.recipe.build import build_model, epochs_to_run
+from harness.recipe.build import build_model, check_monitors, epochs_to_run
 from harness.recipe.data import is_loader, load_data_source
 from harness.recipe.parts import build_training, setup
-from harness.recipe.run_folder import check_run_parent, command_folder, write_config, write_json
-from harness.recipe.schema import Recipe
+from harness.recipe.run_folder import CONFIG, check_run_parent, command_folder, write_config, write_json
+from harness.recipe.schema import Recipe, dump_yaml
+
+CV_JSON = "cv.json"
 
 
-def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = None) -> dict[str, Any]:
+def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = None,
+                   resume: str | Path | None = None) -> dict[str, Any]:
     """Stratified `folds`-fold cross-validation of a validated `Recipe` on its training split.
+
+    `resume`: the cv folder of an interrupted run; its finished folds are kept and the others run
+    (the recipe and `folds` must be the ones that run used: give its config.yaml).
 
     Returns (and writes to cv.json, unless `trainer.fast_dev_run`) plain data::
 
-        {"recipe", "folds", "seed", "cv_dir", "score": "last epoch", "std_of": "sample (ddof=1)",
-         "per_fold": [{"fold": 1, "train_size", "val_size", "epochs_run", "seconds", "run_dir",
-                       "metrics": {"val/loss": ..., "val/acc": ...},
+        {"recipe", "folds", "seed", "cv_dir", "complete": true, "score": "last epoch", "std_of": "sample (ddof=1)",
+         "per_fold": [{"fold": 1, "train_size" (the samples the fold trained on), "other_folds_size" (what
+                       they were drawn from: more with data.train_size), "val_size", "epochs_run", "seconds",
+                       "run_dir", "metrics": {"val/loss": ..., "val/acc": ...},
                        "best": {"monitor", "epoch", "value"}}, ...],
          "mean": {"val/loss": ..., ..., "seconds": ...}, "std": {...}}
     """
@@ -56,7 +72,13 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
         raise HarnessError(f"--folds must be at least 2 (K-fold cross-validation holds out 1/K each time), got {folds}")
     if t.overfit_batches:
         raise HarnessError("trainer.overfit_batches does not apply to cross-validation; leave it at 0")
-    if not t.fast_dev_run:
+    check_monitors(recipe, validates=True)  # the held-out fold is the validation data; data.val_size is not used
+    done: list[dict[str, Any]] = []
+    if resume is not None:
+        if t.fast_dev_run:
+            raise HarnessError("--resume: trainer.fast_dev_run writes no cv folder, there is nothing to resume")
+        done = _finished_folds(Path(resume), recipe, folds)
+    elif not t.fast_dev_run:
         check_run_parent(recipe, recipe_path, "cv")  # the folder itself is made once the folds are known
     env = setup(recipe)
     build_model(recipe.model)  # a bad model name fails before the data is read
@@ -67,23 +89,41 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
         raise HarnessError(f"{recipe.data.name} gave a training loader: cross-validation needs a dataset")
     targets = full.targets if isinstance(full, ImageTensors) else dataset_targets(full)
     splits = fold_splits(stratified_folds(targets, folds, seed=t.seed))
+    smallest = min(len(train_idx) for train_idx, _ in splits)
+    if recipe.data.train_size is not None and recipe.data.train_size > smallest:
+        raise HarnessError(f"data.train_size={recipe.data.train_size}: with --folds {folds}, a fold trains on the "
+                           f"other {folds - 1} folds, as few as {smallest} of the {len(full)} training samples; "
+                           f"set data.train_size to at most {smallest}, or null to train on all of them")
 
-    cv_dir = None if t.fast_dev_run else command_folder(recipe, recipe_path, "cv")
-    if cv_dir is not None:
-        write_config(cv_dir, recipe)
+    if resume is not None:
+        cv_dir: Path | None = Path(resume)
+    else:
+        cv_dir = None if t.fast_dev_run else command_folder(recipe, recipe_path, "cv")
+        if cv_dir is not None:
+            write_config(cv_dir, recipe)
     print(f"cross-validation: {folds} stratified folds of the {len(full)} training samples "
-          f"({recipe_path or 'recipe'}, seed {t.seed}), folder {cv_dir or '(none: fast_dev_run)'}", flush=True)
+          f"({recipe_path or 'recipe'}, seed {t.seed}), folder {cv_dir or '(none: fast_dev_run)'}"
+          + (f"; folds {', '.join(str(f['fold']) for f in done)} already done" if done else ""), flush=True)
 
-    per_fold: list[dict[str, Any]] = []
-    bar = tqdm(total=folds, desc="folds", unit="fold", disable=not (t.progress and sys.stderr.isatty()))
+    per_fold: list[dict[str, Any]] = list(done)
+    bar = tqdm(total=folds, initial=len(done), desc="folds", unit="fold",
+               disable=not (t.progress and sys.stderr.isatty()))
     for fold, (train_idx, val_idx) in enumerate(splits, start=1):
+        if fold <= len(done):
+            continue
         seed_everything(t.seed, t.deterministic)  # every fold's model starts from the same weights
         fold_dir = None if cv_dir is None else cv_dir / f"fold-{fold}"
+        if fold_dir is not None and fold_dir.exists():  # an interrupted fold's partial logs: this run replaces them
+            shutil.rmtree(fold_dir)
         parts = build_training(recipe, env, fold_dir, checkpoints=False, indices=(train_idx, val_idx))
         trainer, data = parts.trainer, parts.data
         started = time.perf_counter()
         try:
             trainer.fit(data.train, data.val, epochs=epochs_to_run(recipe))
+        except TrainingInterrupted as e:
+            bar.close()
+            _write_interrupted(cv_dir, recipe, recipe_path, folds, per_fold, fold, e.signum)
+            raise
         finally:
             trainer.close()
         seconds = time.perf_counter() - started
@@ -91,7 +131,9 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
         best = best_entry(trainer.history, t.monitor, t.mode)
         result = {
             "fold": fold,
-            "train_size": len(train_idx),
+            # what the fold trained on: a seeded data.train_size of the other folds, or all of them
+            "train_size": recipe.data.train_size if recipe.data.train_size is not None else len(train_idx),
+            "other_folds_size": len(train_idx),
             "val_size": len(val_idx),
             "epochs_run": trainer.epoch,
             "seconds": round(seconds, 3),
@@ -111,6 +153,7 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
         "folds": folds,
         "seed": t.seed,
         "cv_dir": str(cv_dir) if cv_dir is not None else None,
+        "complete": True,
         "score": "last epoch",
         "std_of": "sample (ddof=1)",
         "per_fold": per_fold,
@@ -119,9 +162,56 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
     }
     print(format_cv(summary), flush=True)
     if cv_dir is not None:
-        write_json(cv_dir / "cv.json", summary)
+        write_json(cv_dir / CV_JSON, summary)
         print(f"cv folder: {cv_dir}  (tensorboard --logdir {cv_dir})", flush=True)
     return summary
+
+
+def _write_interrupted(cv_dir: Path | None, recipe: Recipe, recipe_path: str | Path | None, folds: int,
+                       per_fold: list[dict[str, Any]], fold: int, signum: int) -> None:
+    """cv.json with the folds finished so far, marked incomplete, and the command that finishes the run."""
+    name = signal.Signals(signum).name
+    if cv_dir is None:  # fast_dev_run: nothing written, nothing to finish
+        print(f"cross-validation interrupted by {name} in fold {fold} of {folds}", file=sys.stderr, flush=True)
+        return
+    write_json(cv_dir / CV_JSON, {
+        "recipe": str(recipe_path) if recipe_path is not None else None,
+        "folds": folds,
+        "seed": recipe.trainer.seed,
+        "cv_dir": str(cv_dir),
+        "complete": False,
+        "interrupted": {"signal": name, "fold": fold},
+        "score": "last epoch",
+        "per_fold": per_fold,  # no mean or std: they would describe only the folds that happened to finish
+    })
+    print(f"cross-validation interrupted by {name} in fold {fold} of {folds}: {cv_dir / CV_JSON} holds the "
+          f"{len(per_fold)} finished fold{'s' * (len(per_fold) != 1)} (complete: false); to run the others, "
+          f"python -m harness.cv {cv_dir / CONFIG} --folds {folds} --resume {cv_dir}", file=sys.stderr, flush=True)
+
+
+def _finished_folds(cv_dir: Path, recipe: Recipe, folds: int) -> list[dict[str, Any]]:
+    """The finished folds an interrupted run recorded in `cv_dir`; refuses a complete run, another
+    recipe or another number of folds (their folds would not be the same samples)."""
+    report_path, config_path = cv_dir / CV_JSON, cv_dir / CONFIG
+    if not report_path.is_file() or not config_path.is_file():
+        raise HarnessError(f"--resume {cv_dir}: not a cv folder (needs {CV_JSON} and {CONFIG})")
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"--resume {cv_dir}: {CV_JSON} cannot be read ({e})") from None
+    if report.get("complete", True):
+        raise HarnessError(f"--resume {cv_dir}: that cross-validation is complete; nothing to run")
+    if report.get("folds") != folds:
+        raise HarnessError(f"--resume {cv_dir}: it ran --folds {report.get('folds')}, not {folds}; "
+                           f"add --folds {report.get('folds')}")
+    if config_path.read_text() != dump_yaml(recipe):
+        raise HarnessError(f"--resume {cv_dir}: the recipe differs from the one it ran with; give its "
+                           f"{config_path} as the recipe, with no overrides")
+    done = report.get("per_fold", [])
+    if [f.get("fold") for f in done] != list(range(1, len(done) + 1)):
+        raise HarnessError(f"--resume {cv_dir}: {CV_JSON} lists folds {[f.get('fold') for f in done]}, "
+                           "expected 1, 2, ... in order")
+    return done
 
 
 def format_cv(summary: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 Writes the checkpoint's model in a format that runs without the harness, then checks it: the
 exported file is loaded back and run on a batch of the recipe's test split with a batch size other
 than the one it was exported with (the batch dimension is dynamic), and the largest absolute
-difference from the PyTorch model's outputs is printed.
+difference from the PyTorch model's outputs must be at most `atol` (default 1e-4, `--atol`); above
+it the command fails (`CheckFailed`, exit code 1) and nothing is left at the output path.
 
     onnx         ONNX (opset 17) through torch's TorchScript-based exporter (`dynamo=False`), checked
                  with onnx.checker and run with onnxruntime: `pip install -e '.[export]'`. The dynamo
@@ -13,13 +14,22 @@ difference from the PyTorch model's outputs is printed.
     state_dict   the bare weights, `torch.save(model.state_dict())`; load into the model class with
                  `model.load_state_dict(torch.load(path))`.
 
+Every export carries what a user needs to feed it (`export_metadata`): the input shape, the
+normalisation the model was trained with (`x = (pixel / 255 - mean) / std` per channel) and the class
+names in output order: ONNX `metadata_props`, TorchScript `_extra_files["harness_export.json"]`, and for
+state_dict a sidecar `<output>.json`.
+
 The weights are those `harness.evaluate` scores (`load_checkpoint_model`): the raw weights, or the EMA average when the
-recipe has `trainer.ema`. Default output: beside the run, `<run>/export/<checkpoint stem>.<ext>`.
+recipe has `trainer.ema`. Default output: beside the run, `<run>/export/<checkpoint stem>.<ext>`. The output is
+written to a temporary file and renamed into place once it passed the check; it never replaces a directory,
+the checkpoint it comes from, or any other harness checkpoint.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,67 +37,182 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.core.checkpoint import atomic_save
-from harness.errors import HarnessError
+from harness.core.checkpoint import FORMAT, load_file, publish, temporary_beside
+from harness.data.map_style import NormalizeCollate
+from harness.data.tensor_loader import TensorLoader
+from harness.errors import CheckFailed, HarnessError
 from harness.recipe.build import build_model
-from harness.recipe.choices import EXPORT_FORMATS
+from harness.recipe.choices import DEFAULT_EXPORT_ATOL, EXPORT_FORMATS
 from harness.recipe.data import build_data
-from harness.recipe.run_folder import results_folder
+from harness.recipe.run_folder import results_folder, write_json
 from harness.recipe.schema import Recipe
-from harness.recipe.weights import load_checkpoint_model
+from harness.recipe.weights import check_same_data, load_checkpoint_model
 
 FORMATS = EXPORT_FORMATS
 ONNX_OPSET = 17
 INSTALL_HINT = "pip install -e '.[export]'"
 CHECK_BATCH = 37  # rows of the check batch: not the export batch size, so a fixed batch dim would fail
-
+ATOL = DEFAULT_EXPORT_ATOL  # largest absolute difference allowed between the file's outputs and the model's
+METADATA_FILE = "harness_export.json"  # TorchScript: the name of the metadata in `_extra_files`
 
 
 def example_batch(recipe: Recipe, size: int = CHECK_BATCH) -> torch.Tensor:
     """The first `size` inputs of the recipe's test split, normalised as in training (CPU)."""
+    return _example(recipe, size)[0]
+
+
+def _example(recipe: Recipe, size: int) -> tuple[torch.Tensor, Any, list[str]]:
+    """The first `size` test inputs, the loader that made them (its normalisation), the class names."""
     data = build_data(recipe.data.model_copy(update={"eval_batch_size": size}), torch.device("cpu"),
                       recipe.trainer.seed)
     inputs, _ = next(iter(data.test))
-    return inputs
+    return inputs, data.test, data.classes
+
+
+def export_metadata(recipe: Recipe, checkpoint: str | Path, epoch: int, weights: str, batch: torch.Tensor,
+                    loader: Any, classes: list[str]) -> dict[str, Any]:
+    """What a user of the exported file needs to feed it and read its output.
+
+    `mean` / `std` are those of the loader that made the check batch: what the model was trained on.
+    A data source whose loaders the harness does not build (an import function's own loader or
+    dataset transforms) leaves them None and says so."""
+    normalize = None
+    if isinstance(loader, TensorLoader):
+        normalize = loader.normalize
+    elif isinstance(getattr(loader, "collate_fn", None), NormalizeCollate):
+        normalize = loader.collate_fn.normalize
+    if normalize is not None:
+        preprocessing = ("x = (pixel / 255 - mean) / std per channel, pixels uint8 in [0, 255], "
+                         "float32 (batch, channels, height, width)")
+        if recipe.data.name == "image_folder":
+            preprocessing = f"RGB, resized to {recipe.data.image_size}x{recipe.data.image_size}; " + preprocessing
+    else:
+        preprocessing = f"as data.name={recipe.data.name} prepares its inputs (not known to the harness)"
+    return {
+        "input_name": "input",
+        "input_shape": ["batch", *batch.shape[1:]],
+        "input_dtype": str(batch.dtype).removeprefix("torch."),
+        "preprocessing": preprocessing,
+        "mean": list(normalize.mean) if normalize is not None else None,
+        "std": list(normalize.std) if normalize is not None else None,
+        "classes": list(classes),
+        "output": "one score (logit) per class, in the order of classes",
+        "checkpoint": str(checkpoint),
+        "epoch": epoch,
+        "weights": weights,
+    }
+
+
+def sidecar_path(output: str | Path) -> Path:
+    """The state_dict format's metadata file: `<output>.json`."""
+    output = Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def check_output(output: Path, checkpoint: str | Path, fmt: str) -> None:
+    """Refuse, before any work, an output that is a folder, the source checkpoint or any harness
+    checkpoint: an export must never replace a checkpoint (optimizer, history, RNG and recipe would be lost)."""
+    targets = [output, sidecar_path(output)] if fmt == "state_dict" else [output]
+    for path in targets:
+        if path.is_dir():
+            raise HarnessError(f"--output {path}: is a folder; give a file path, e.g. {path / Path(checkpoint).stem}"
+                               f"{FORMATS[fmt]}")
+        if not path.exists():
+            continue
+        if Path(checkpoint).exists() and path.resolve() == Path(checkpoint).resolve():
+            raise HarnessError(f"--output {path}: is the checkpoint being exported; an export never replaces "
+                               "a checkpoint, give another path")
+        if _is_harness_checkpoint(path):
+            raise HarnessError(f"--output {path}: is a harness checkpoint; an export never replaces a checkpoint, "
+                               "give another path")
+
+
+def _is_harness_checkpoint(path: Path) -> bool:
+    try:
+        state = load_file(path, str(path))
+    except HarnessError:  # not something torch.save wrote: an earlier export, any other file
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
 
 
 def export(recipe: Recipe, checkpoint: str | Path, fmt: str, output: str | Path | None = None, *,
-           verbose: bool = True) -> dict[str, Any]:
-    """Export `checkpoint`'s model as `fmt`, load the file back and compare outputs on a test batch.
+           atol: float = ATOL, verbose: bool = True) -> dict[str, Any]:
+    """Export `checkpoint`'s model as `fmt` with its metadata, load the file back and compare outputs
+    on a test batch; raise `CheckFailed` (nothing written) when they differ by more than `atol`.
 
-    Returns {"format", "output", "bytes", "check_batch_size", "max_abs_diff"}.
+    Returns {"format", "output", "bytes", "check_batch_size", "max_abs_diff", "atol", "metadata"}
+    (plus "metadata_file" for state_dict).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"--format {fmt!r}: allowed are {', '.join(FORMATS)}")
+    if not (math.isfinite(atol) and atol >= 0):
+        raise HarnessError(f"--atol {atol}: must be a finite number >= 0")
+    output = Path(output) if output is not None else default_output(checkpoint, fmt)
+    check_output(output, checkpoint, fmt)
     if fmt == "onnx":
         _require_onnx()
-    model, _, _ = load_checkpoint_model(recipe, checkpoint)
-    batch = example_batch(recipe)
-    output = Path(output) if output is not None else default_output(checkpoint, fmt)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        expected = model(batch)
-        # Exported with a batch of 2, checked with CHECK_BATCH rows: the batch dimension must be dynamic.
-        if fmt == "onnx":
-            _export_onnx(model, batch[:2], output)
-            got = _run_onnx(output, batch)
-        elif fmt == "torchscript":
-            with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated (for torch.export); it works
-                warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-                torch.jit.save(torch.jit.trace(model, batch[:2]), str(output))
-                got = torch.jit.load(str(output), map_location="cpu")(batch)
-        else:
-            atomic_save(model.state_dict(), output)
-            fresh = build_model(recipe.model)  # a new instance of the recipe's class
-            fresh.load_state_dict(torch.load(output, map_location="cpu", weights_only=True))
-            got = fresh.eval()(batch)
+    model, state, weights = load_checkpoint_model(recipe, checkpoint)
+    # The class names and normalisation written into the file are the recipe's: they must be the checkpoint's.
+    check_same_data(state, recipe, "test", Path(checkpoint))
+    batch, loader, classes = _example(recipe, CHECK_BATCH)
+    metadata = export_metadata(recipe, checkpoint, state["epoch"], weights, batch, loader, classes)
+    tmp = temporary_beside(output)
+    try:
+        with torch.no_grad():
+            expected = model(batch)
+            # Exported with a batch of 2, checked with CHECK_BATCH rows: the batch dimension must be dynamic.
+            if fmt == "onnx":
+                _export_onnx(model, batch[:2], tmp, metadata)
+                got = _run_onnx(tmp, batch)
+            elif fmt == "torchscript":
+                with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated (for torch.export); it works
+                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated",
+                                            category=FutureWarning)
+                    torch.jit.save(torch.jit.trace(model, batch[:2]), str(tmp),
+                                   _extra_files={METADATA_FILE: json.dumps(metadata)})
+                    got = torch.jit.load(str(tmp), map_location="cpu")(batch)
+            else:
+                torch.save(model.state_dict(), tmp)
+                fresh = build_model(recipe.model)  # a new instance of the recipe's class
+                fresh.load_state_dict(torch.load(tmp, map_location="cpu", weights_only=True))
+                got = fresh.eval()(batch)
+        diff = (got - expected).abs().max().item()
+        if not diff <= atol:  # NaN fails too
+            raise CheckFailed(
+                f"export check failed: the {fmt} file's outputs differ from the PyTorch model's by up to {diff:.3g} "
+                f"on {batch.shape[0]} test inputs (exported with a batch of 2), more than --atol {atol:g}; "
+                f"nothing written to {output}")
+        publish(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
     result = {"format": fmt, "output": str(output), "bytes": output.stat().st_size,
-              "check_batch_size": batch.shape[0], "max_abs_diff": (got - expected).abs().max().item()}
+              "check_batch_size": batch.shape[0], "max_abs_diff": diff, "atol": atol, "metadata": metadata}
+    if fmt == "state_dict":
+        result["metadata_file"] = str(write_json(sidecar_path(output), metadata))
     if verbose:
-        print(f"wrote {output} ({fmt}, {result['bytes'] / 1e6:.3f} MB)\n"
-              f"checked on {batch.shape[0]} test inputs: max abs difference from the PyTorch model "
-              f"{result['max_abs_diff']:.3g}", flush=True)
+        print(format_export(result), flush=True)
     return result
+
+
+def format_export(result: dict[str, Any]) -> str:
+    """What was written, how it was checked, and how to feed it."""
+    meta = result["metadata"]
+    shape = "(" + ", ".join(map(str, meta["input_shape"])) + ")"
+    names = meta["classes"]
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    where = {"onnx": "ONNX metadata_props", "torchscript": f"TorchScript extra file {METADATA_FILE}",
+             "state_dict": result.get("metadata_file")}[result["format"]]
+    lines = [
+        f"wrote {result['output']} ({result['format']}, {result['bytes'] / 1e6:.3f} MB)",
+        f"checked on {result['check_batch_size']} test inputs: max abs difference from the PyTorch model "
+        f"{result['max_abs_diff']:.3g} (allowed: --atol {result['atol']:g})",
+        f"input '{meta['input_name']}' {shape} {meta['input_dtype']}: {meta['preprocessing']}",
+    ]
+    if meta["mean"] is not None:
+        lines.append(f"mean {meta['mean']}, std {meta['std']}")
+    lines.append(f"output: one logit per class, classes {shown}")
+    lines.append(f"metadata: {where}")
+    return "\n".join(lines)
 
 
 def default_output(checkpoint: str | Path, fmt: str) -> Path:
@@ -104,7 +229,7 @@ def _require_onnx() -> None:
         raise HarnessError(f"--format onnx needs the onnx and onnxruntime packages ({e}): {INSTALL_HINT}") from None
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
     import onnx  # noqa: PLC0415  (optional, as above)
 
     # The TorchScript-based exporter: fast and enough for these models. torch >= 2.9 defaults to the
@@ -116,6 +241,11 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=ONNX_OPSET,
                           **legacy)
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():  # one entry per key, its value as JSON text ("[0.1307]", "null")
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,10 +69,12 @@ def find_lr(trainer: Trainer, train_data: Iterable[Any], *, start_lr: float = 1e
     """Sweep the learning rate of `trainer.optimizer` exponentially from `start_lr` to `end_lr`.
 
     The swept value is the first parameter group's learning rate; other groups keep their ratio to
-    it. Each step runs the Trainer's own `training_step` (so a subclass's loss is what is measured),
-    under its autocast, then backward and the optimizer step; grad clipping and the scheduler are
-    not applied. `train_data` is cycled if it has fewer than `steps` batches. The sweep stops when
-    the smoothed loss exceeds `diverge` times its best value or becomes NaN/inf.
+    it. Each step is the step training takes: `trainer.accumulate_grad_batches` (N) batches, each through
+    the Trainer's own `training_step` (so a subclass's loss is what is measured) under its autocast,
+    their gradients averaged, then the optimizer step; so the suggestion is for the effective batch
+    (N times the batch size) that training steps with. The recorded loss is the group's mean. Grad
+    clipping and the scheduler are not applied. `train_data` is cycled if it has fewer than `steps * N`
+    batches. The sweep stops when the smoothed loss exceeds `diverge` times its best value or becomes NaN/inf.
 
     `smoothing` is the moving average's decay: 0.9 averages over ~10 steps, 0.4 of a decade of lr
     at the default 200 steps over 8 decades. (fastai's 0.98 lags ~2 decades here: on the MNIST MLP
@@ -100,14 +103,15 @@ def find_lr(trainer: Trainer, train_data: Iterable[Any], *, start_lr: float = 1e
     losses: list[float] = []
     smoothed: list[float] = []
     average, best, stopped_early = 0.0, math.inf, False
+    accumulate = trainer.accumulate_grad_batches
     model.train()
     optimizer.zero_grad(set_to_none=True)
     try:
-        for step, batch in enumerate(_cycle(train_data, steps)):
+        for step, group_batches in enumerate(_groups(_cycle(train_data, steps * accumulate), accumulate)):
             lr = start_lr * ratio**step
             for group, scale in zip(optimizer.param_groups, scales, strict=True):
                 group["lr"] = lr * scale
-            loss = trainer.train_step(move_to_device(batch, trainer.device))
+            loss = trainer.train_step(*(move_to_device(batch, trainer.device) for batch in group_batches))
             # note: a host sync every step; the divergence test needs the value now
             value = loss.item()
             average = smoothing * average + (1 - smoothing) * value
@@ -134,6 +138,8 @@ def find_lr(trainer: Trainer, train_data: Iterable[Any], *, start_lr: float = 1e
 
 
 def _check_range(start_lr: float, end_lr: float, steps: int) -> None:
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr)):
+        raise HarnessError(f"lr_find: --start and --end must be finite numbers, got start={start_lr}, end={end_lr}")
     if not 0 < start_lr < end_lr:
         raise HarnessError(f"lr_find: need 0 < start < end, got start={start_lr}, end={end_lr}")
     if steps < 2:
@@ -155,6 +161,17 @@ def _cycle(data: Iterable[Any], steps: int) -> Iterable[Any]:
         if taken == before:  # empty
             return
         epoch += 1
+
+
+def _groups(batches: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive groups of `size` batches: one optimizer step each. A short last group is dropped: its
+    step would average fewer batches than the others."""
+    group: list[Any] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
 
 
 def _suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, float]:
@@ -197,8 +214,13 @@ def lr_find_figure(result: LRFindResult, title: str = "learning-rate range test"
 
 
 def lr_find(recipe: Recipe, recipe_path: str | Path | None = None, *, start_lr: float = 1e-7,
-            end_lr: float = 10.0, steps: int = 200, write: bool = True, verbose: bool = True) -> dict[str, Any]:
+            end_lr: float = 10.0, steps: int = 200, overrides: Sequence[str] = (), write: bool = True,
+            verbose: bool = True) -> dict[str, Any]:
     """Build the recipe's model, optimizer and training data, run `find_lr`, write the run folder.
+
+    `overrides`: the dotted overrides the recipe was loaded with; the printed `try:` command repeats
+    them (an `optim.lr` among them is replaced by the suggestion). Each step takes
+    `trainer.accumulate_grad_batches` batches, as training does.
 
     Returns the JSON written to lr_find.json (plus "run_dir" when `write`)."""
     _check_range(start_lr, end_lr, steps)  # before any data is read
@@ -212,6 +234,9 @@ def lr_find(recipe: Recipe, recipe_path: str | Path | None = None, *, start_lr: 
         "optimizer": recipe.optim.name,
         "recipe_lr": recipe.optim.lr,
         "start_lr": start_lr, "end_lr": end_lr, "steps_asked": steps, "batch_size": recipe.data.batch_size,
+        "accumulate_grad_batches": recipe.trainer.accumulate_grad_batches,
+        "effective_batch_size": recipe.data.batch_size * recipe.trainer.accumulate_grad_batches,
+        "overrides": list(overrides),
         **asdict(result),
         "suggestion_rule": SUGGESTION_RULE,
         "min_over_10": result.min_over_10,
@@ -232,7 +257,7 @@ def lr_find(recipe: Recipe, recipe_path: str | Path | None = None, *, start_lr: 
 def _write_outputs(run_dir: Path, recipe: Recipe, result: LRFindResult, report: dict[str, Any]) -> None:
     write_config(run_dir, recipe)
     figure = lr_find_figure(result, title=f"lr_find: {recipe.model.name}, {recipe.optim.name}, "
-                                          f"batch {recipe.data.batch_size}")
+                                          f"batch {_batch_words(report)}")
     save_figure(figure, run_dir / "lr_find.png")
     write_json(run_dir / "lr_find.json", report)
     if recipe.logging.tensorboard:
@@ -249,14 +274,28 @@ def format_lr_find(report: dict[str, Any]) -> str:
     points = report["points"]
     stop = "stopped early: the loss diverged" if report["stopped_early"] else "ran every step"
     suggestion = report["suggestion"]
-    lines = [f"# lr_find: {len(points)} steps from lr {points[0]['lr']:.2e} to {points[-1]['lr']:.2e} ({stop})",
+    lines = [f"# lr_find: {len(points)} steps from lr {points[0]['lr']:.2e} to {points[-1]['lr']:.2e} ({stop}); "
+             f"each step: batch {_batch_words(report)}",
              f"lowest smoothed loss {min(p['smoothed_loss'] for p in points):.4f} at lr {report['min_loss_lr']:.2e}"]
     if suggestion is None:
         lines.append("no suggestion: the loss did not fall before its minimum; widen --start/--end")
     else:
         lines.append(f"suggested lr {suggestion:.2e} ({report['suggestion_rule']}); "
                      f"min/10 would give {report['min_over_10']:.2e}; the recipe has optim.lr={report['recipe_lr']:g}")
-        lines.append(f"try: python -m harness.train {report['recipe'] or 'RECIPE'} optim.lr={suggestion:.2g}")
+        lines.append(f"try: {try_command(report['recipe'], report['overrides'], suggestion)}")
     if "run_dir" in report:
         lines.append(f"wrote {report['run_dir']}/lr_find.png, lr_find.json and TensorBoard events")
     return "\n".join(lines)
+
+
+def _batch_words(report: dict[str, Any]) -> str:
+    n = report["accumulate_grad_batches"]
+    return str(report["batch_size"]) if n == 1 else \
+        f"{report['effective_batch_size']} ({n} accumulated batches of {report['batch_size']})"
+
+
+def try_command(recipe_path: str | None, overrides: Sequence[str], lr: float) -> str:
+    """The training command with the user's overrides and the suggested learning rate, quoted for a shell."""
+    kept = [o for o in overrides if not o.replace(" ", "").startswith("optim.lr=")]
+    words = ["python", "-m", "harness.train", recipe_path or "RECIPE", *kept, f"optim.lr={lr:.2g}"]
+    return " ".join(shlex.quote(w) for w in words)
