@@ -1,4 +1,4 @@
-"""How sure a figure is: confidence intervals and paired significance tests, as pure functions.
+"""Confidence intervals and paired significance tests, as pure functions.
 
     from harness.stats import bootstrap_ci, wilson_interval, mcnemar_test
     low, high = bootstrap_ci(Accuracy(num_classes=10), preds, target, n_resamples=1000, confidence=0.95, seed=0)
