@@ -277,6 +277,20 @@ def test_to_moves_states_and_returns_self():
     assert Metric().device == torch.device("cpu")
 
 
+def fake_second_rank(monkeypatch, rank1):
+    """A 2-rank all_reduce in one process: each reduced state is merged with rank 1's, by the
+    reduce op the state asks for; returns the iterator of rank 1's states (empty once all merged)."""
+    other_states = iter([getattr(rank1, name) for name in rank1._defaults])
+    merge = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.MIN: torch.minimum, dist.ReduceOp.MAX: torch.maximum}
+
+    def all_reduce(tensor, op):
+        merge[op](tensor, next(other_states), out=tensor)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    return other_states
+
+
 def test_update_on_another_device_is_a_clear_error():
     metric = Accuracy(3).to("meta")
     with pytest.raises(ValueError, match=r"metric\.to\(device\)"):
@@ -370,14 +384,7 @@ def test_sync_sums_states_across_ranks(index, monkeypatch):
     rank0.update(preds[:cut], target[:cut])
     rank1.update(preds[cut:], target[cut:])
     both.update(preds, target)
-    other_states = iter([getattr(rank1, name) for name in rank1._defaults])
-    merge = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.MIN: torch.minimum, dist.ReduceOp.MAX: torch.maximum}
-
-    def all_reduce(tensor, op):
-        merge[op](tensor, next(other_states), out=tensor)
-
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    other_states = fake_second_rank(monkeypatch, rank1)
     rank0.sync()
     assert next(other_states, None) is None  # every state was reduced
     torch.testing.assert_close(rank0.compute(), both.compute(), rtol=1e-12, atol=1e-12)
@@ -391,14 +398,7 @@ def test_sync_merges_the_out_of_range_record(monkeypatch):
     rank0.update(torch.tensor([0, 1]), torch.tensor([7, 1]))
     rank0.update(torch.tensor([2, 3]), torch.tensor([2, 3]))
     rank1.update(torch.tensor([0, 1]), torch.tensor([-2, 1]))
-    other_states = iter([getattr(rank1, name) for name in rank1._defaults])
-    merge = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.MIN: torch.minimum, dist.ReduceOp.MAX: torch.maximum}
-
-    def all_reduce(tensor, op):
-        merge[op](tensor, next(other_states), out=tensor)
-
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    fake_second_rank(monkeypatch, rank1)
     rank0.sync()
     assert rank0.confmat.sum().item() == 2  # only the clean batch of rank 0
     with pytest.raises(ValueError, match=r"target has 2 labels outside \[0, 4\): lowest -2, highest 7;"):
