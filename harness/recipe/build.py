@@ -260,6 +260,8 @@ def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
     nothing that training would draw."""
     rng = get_rng_state()
     model, was_training = trainer.eval_model, trainer.eval_model.training
+    # The bare module, as validate runs it: no DDP collective that a rank with no test batch would miss.
+    training_model, trainer.model = trainer.model, model
     model.eval()
     try:
         batch = next(iter(data.test), None)
@@ -273,6 +275,7 @@ def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
                            f"({data.num_classes} classes): one test batch through the model and "
                            f"loss.name={recipe.loss.name} fails: {reason}") from None
     finally:
+        trainer.model = training_model
         model.train(was_training)
         set_rng_state(rng)
     classifies = recipe.loss.name in ("cross_entropy", "nll")
