@@ -71,6 +71,32 @@ def test_defaults_live_in_the_schema(tmp_path: Path) -> None:
     assert list(recipe.metrics) == ["acc"]
 
 
+def test_score_metrics_build_from_a_recipe_and_log_a_scalar(tmp_path: Path) -> None:
+    from harness import metrics
+    from harness.recipe.build import build_metrics, logged_names
+
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {val_size: 100}\n"
+                    "metrics: {auroc: {type: auroc}, ece: {type: calibration_error}, ap: {type: average_precision},\n"
+                    "          brier: {type: brier}, mce: {type: calibration_error, norm: max, n_bins: 10},\n"
+                    "          auroc_fast: {type: auroc, thresholds: 200, average: weighted},\n"
+                    "          ap_per_class: {type: average_precision, average: none}}\n")
+    recipe = load_recipe(path)
+    built = build_metrics(recipe.metrics, num_classes=3)
+    assert isinstance(built["auroc"], metrics.AUROC) and built["auroc"].thresholds is None
+    assert (built["auroc_fast"].thresholds, built["auroc_fast"].average) == (200, "weighted")
+    assert isinstance(built["ap"], metrics.AveragePrecision)
+    assert (type(built["ece"]), built["ece"].n_bins, built["ece"].norm) == (metrics.CalibrationError, 15, "l1")
+    assert (built["mce"].n_bins, built["mce"].norm) == (10, "max")
+    assert isinstance(built["brier"], metrics.BrierScore)
+    names = logged_names(recipe)
+    assert {"val/auroc", "val/ece", "val/ap", "val/brier", "val/mce", "val/auroc_fast"} <= set(names)
+    assert "val/ap_per_class" not in names  # per class: not one scalar
+    path.write_text("metrics: {auroc: {type: auroc, average: micro}}\n")
+    with pytest.raises(HarnessError, match=r"metrics\.auroc: average must be one of \('macro', 'weighted', 'none'\)"):
+        build_metrics(load_recipe(path).metrics, num_classes=3)
+
+
 @pytest.mark.parametrize(
     ("text", "overrides", "expected"),
     [
@@ -82,6 +108,8 @@ def test_defaults_live_in_the_schema(tmp_path: Path) -> None:
         ("scheduler: {name: cosinus}\n", [], "scheduler.name"),
         ("trainer: {early_stopping: {patiance: 2}}\n", [], "did you mean 'trainer.early_stopping.patience'"),
         ("metrics: {acc: {type: accuracy, topk: 5}}\n", [], "did you mean 'metrics.acc.top_k'"),
+        ("metrics: {auroc: {type: auroc, thresholds: 1}}\n", [], "metrics.auroc.thresholds"),
+        ("metrics: {ece: {type: calibration_error, norm: l3}}\n", [], "metrics.ece.norm"),
         ("", ["optim.lrr=1"], "unknown key 'optim.lrr'"),
         ("", ["optim.lr=fast"], "optim.lr"),
         ("", ["optim.lr"], "expected key=value"),

@@ -16,7 +16,11 @@ import torch.distributed as dist
 
 import harness.metrics
 from harness.metrics import (
+    AUROC,
     Accuracy,
+    AveragePrecision,
+    BrierScore,
+    CalibrationError,
     ConfusionMatrix,
     F1Score,
     MeanAbsoluteError,
@@ -245,12 +249,30 @@ def all_metrics() -> list[tuple[Metric, torch.Tensor, torch.Tensor]]:
         (MeanAbsoluteError(), values, values.flip(0)),
         (R2Score(), values, values.flip(0)),
         (R2Score(num_outputs=2), values.view(16, 2), values.flip(0).view(16, 2)),
+        (AUROC(5, thresholds=20), logits, target),
+        (AveragePrecision(5, average="none", thresholds=10), logits.softmax(dim=1), target),
+        (CalibrationError(5, norm="max"), logits, target),
+        (BrierScore(2), torch.rand(32), target % 2),
     ]
 
 
-@pytest.mark.parametrize("index", range(len(all_metrics())))
+def exact_ranking_metrics() -> list[tuple[Metric, torch.Tensor, torch.Tensor]]:
+    """The metrics that keep every score (list states, gathered rather than all-reduced by sync)."""
+    logits, target = random_classification(1, n=32)
+    return [
+        (AUROC(5), logits, target),
+        (AveragePrecision(5, average="weighted"), logits.softmax(dim=1), target),
+        (AUROC(2, average="none"), torch.randn(32), target % 2),
+    ]
+
+
+def every_metric() -> list[tuple[Metric, torch.Tensor, torch.Tensor]]:
+    return all_metrics() + exact_ranking_metrics()
+
+
+@pytest.mark.parametrize("index", range(len(every_metric())))
 def test_reset_restores_defaults(index):
-    metric, preds, target = all_metrics()[index]
+    metric, preds, target = every_metric()[index]
     fresh = metric.compute()
     metric.update(preds, target)
     once = metric.compute()
@@ -299,9 +321,9 @@ def test_update_on_another_device_is_a_clear_error():
         MeanMetric().to("meta").update(torch.ones(2))
 
 
-@pytest.mark.parametrize("index", range(len(all_metrics())))
+@pytest.mark.parametrize("index", range(len(every_metric())))
 def test_update_never_reads_values_on_the_host(index, monkeypatch):
-    metric, preds, target = all_metrics()[index]
+    metric, preds, target = every_metric()[index]
     # On the CPU the classification metrics read the labels to raise at once; take the
     # path that states on a GPU take, as this test stands in for CUDA.
     monkeypatch.setattr(classification, "_check_eagerly", lambda device: False)
@@ -334,10 +356,10 @@ def test_update_never_reads_values_on_the_host(index, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("index", range(len(all_metrics())))
+@pytest.mark.parametrize("index", range(len(every_metric())))
 def test_update_does_not_sync_on_cuda(index):
     # The real check behind the monkeypatched one above: CUDA reports every GPU wait.
-    metric, preds, target = all_metrics()[index]
+    metric, preds, target = every_metric()[index]
     metric.to("cuda")
     preds, target = preds.cuda(), target.cuda()
     mean = MeanMetric().to("cuda")
@@ -349,7 +371,7 @@ def test_update_does_not_sync_on_cuda(index):
         mean.update(1.5)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    cpu_metric, cpu_preds, cpu_target = all_metrics()[index]
+    cpu_metric, cpu_preds, cpu_target = every_metric()[index]
     cpu_metric.update(cpu_preds, cpu_target)
     torch.testing.assert_close(metric.compute().cpu(), cpu_metric.compute(), equal_nan=True)
 
@@ -466,6 +488,7 @@ def test_docstring_examples_run():
         (lambda: R2Score(num_outputs=0), "num_outputs"),
         (lambda: R2Score(multioutput="variance_weighted"), "multioutput"),
         (lambda: Metric().add_state("x", torch.zeros(()), reduce="mean"), "reduce must be one of"),
+        (lambda: Metric().add_state("x", torch.zeros(3), reduce="cat"), "must be an empty tensor of shape"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(build, argument):

@@ -32,11 +32,17 @@ Example::
 
 from .aggregation import MeanMetric
 from .base import Metric
+from .calibration import BrierScore, CalibrationError
 from .classification import Accuracy, ConfusionMatrix, F1Score, Precision, Recall
+from .ranking import AUROC, AveragePrecision
 from .regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 __all__ = [
+    "AUROC",
     "Accuracy",
+    "AveragePrecision",
+    "BrierScore",
+    "CalibrationError",
     "ConfusionMatrix",
     "F1Score",
     "MeanAbsoluteError",

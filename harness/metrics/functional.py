@@ -172,3 +172,186 @@ def topk_correct(scores: Tensor, target: Tensor, k: int) -> Tensor:
     """
     topk = scores.topk(k, dim=1).indices
     return (topk == target.unsqueeze(1)).any(dim=1).sum()
+
+
+# --- scores: ranking (AUROC, average precision) and calibration (ECE, Brier) ---------------------
+
+RANKING_AVERAGES = ("macro", "weighted", "none")
+CALIBRATION_NORMS = ("l1", "l2", "max")
+
+
+def to_probabilities(preds: Tensor, num_classes: int) -> Tensor:
+    """Class probabilities ``(N, C)`` in float64 from scores of one batch.
+
+    - ``(N, C)`` probabilities, or logits: a batch holding any value outside ``[0, 1]`` is taken
+      as logits and goes through ``softmax`` over the classes. This is torchmetrics' rule, decided
+      per batch on the device with ``torch.where`` (no host read). A batch of logits that all lie
+      in ``[0, 1]`` is read as probabilities: pass probabilities to be sure.
+    - ``(N,)`` floats, only for ``num_classes == 2``: the probability ``p`` of class 1 (``sigmoid``
+      applied by the same rule), returned as the columns ``1 - p, p``.
+
+    Integer preds are labels, not scores: ``ValueError``, as for any other shape.
+    """
+    if not preds.is_floating_point():
+        raise ValueError(
+            f"preds must be float scores (probabilities or logits), got {preds.dtype}: labels carry no ranking"
+        )
+    scores = preds.double()
+    outside = ((scores < 0) | (scores > 1)).any()
+    if preds.ndim == 2 and preds.shape[1] == num_classes:
+        return torch.where(outside, scores.softmax(dim=1), scores)
+    if preds.ndim == 1 and num_classes == 2:
+        p = torch.where(outside, scores.sigmoid(), scores)
+        return torch.stack([1 - p, p], dim=1)
+    if preds.ndim == 1:
+        raise ValueError(
+            f"float preds of shape (N,) are only accepted for num_classes=2 (scores of class 1), got "
+            f"num_classes={num_classes}: pass (N, {num_classes}) scores"
+        )
+    raise ValueError(f"preds has shape {tuple(preds.shape)}: expected (N, {num_classes}) scores")
+
+
+def ranking_curve(scores: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """True and false positives of each class one-vs-rest, at every distinct score as threshold.
+
+    ``scores`` ``(N, C)``, ``target`` ``(N,)`` labels in ``[0, C)``. Returns ``tp`` and ``fp``,
+    float64 ``(C, N + 1)``: column 0 is the point (0, 0) of a threshold above every score, then
+    one column per sample by decreasing score, each holding the counts of the samples scoring at
+    least that sample's score. Tied scores therefore give repeated columns (one point of the
+    curve, as sklearn's ``roc_curve`` keeps one threshold per distinct score); the areas below
+    treat a repeated point as a step of width 0, so ties need no host-side deduplication.
+    """
+    columns = scores.T.contiguous()  # (C, N): one row of scores per class
+    ordered, order = columns.sort(dim=1)
+    positive = (target.unsqueeze(0) == torch.arange(num_classes, device=target.device).unsqueeze(1))
+    positive = positive.gather(1, order).double()
+    # The counts before index j, for j in 0..N: prefix[:, j] = positives among the j lowest scores.
+    pos_before = torch.nn.functional.pad(positive.cumsum(dim=1), (1, 0))
+    neg_before = torch.nn.functional.pad((1 - positive).cumsum(dim=1), (1, 0))
+    # The index of the first of each run of tied scores: the running max of the indices where a run starts.
+    index = torch.arange(ordered.shape[1], device=scores.device).expand_as(ordered)
+    starts = torch.nn.functional.pad(ordered[:, 1:] != ordered[:, :-1], (1, 0), value=True)
+    first_tied = torch.where(starts, index, 0).cummax(dim=1).values
+    tp = pos_before[:, -1:] - pos_before.gather(1, first_tied)  # scoring >= the sample's score
+    fp = neg_before[:, -1:] - neg_before.gather(1, first_tied)
+    pad = (1, 0)
+    return torch.nn.functional.pad(tp.flip(1), pad), torch.nn.functional.pad(fp.flip(1), pad)
+
+
+def binned_counts(
+    probs: Tensor, target: Tensor, thresholds: Tensor, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Histograms of one batch for the binned curves: ``(C, T + 1)`` int64 counts of the positive
+    and of the negative samples of each class (one-vs-rest) per bin.
+
+    Bin ``b`` holds the scores with exactly ``b`` of the ``T`` ascending ``thresholds`` at or below
+    them, so the samples scoring ``>= thresholds[k]`` are those of bins ``k + 1`` and up.
+    ``mask`` (a bool scalar) counts the whole batch or none of it; a target outside ``[0, C)``
+    adds to no class's positives.
+    """
+    num_classes, width = probs.shape[1], thresholds.shape[0] + 1
+    bins = torch.searchsorted(thresholds, probs.contiguous(), right=True)  # (N, C) in [0, T]
+    classes = torch.arange(num_classes, device=probs.device)
+    index = (classes * width + bins).reshape(-1)
+    positive = (target.unsqueeze(1) == classes).reshape(-1).long()
+    weight = torch.ones_like(positive) if mask is None else mask.long().expand_as(positive)
+    pos = torch.zeros(num_classes * width, dtype=torch.int64, device=probs.device)
+    neg = torch.zeros_like(pos)
+    pos.scatter_add_(0, index, positive * weight)
+    neg.scatter_add_(0, index, (1 - positive) * weight)
+    return pos.view(num_classes, width), neg.view(num_classes, width)
+
+
+def binned_curve(pos_hist: Tensor, neg_hist: Tensor) -> tuple[Tensor, Tensor]:
+    """``tp`` and ``fp`` float64 ``(C, T + 1)`` from the histograms of :func:`binned_counts`, in the
+    layout of :func:`ranking_curve`: the point (0, 0), then the thresholds from the highest down."""
+    def at_least(hist: Tensor) -> Tensor:  # counts in bins k + 1 and up, for k = T - 1 down to 0
+        return hist[:, 1:].flip(1).cumsum(dim=1).double()
+
+    pad = (1, 0)
+    return torch.nn.functional.pad(at_least(pos_hist), pad), torch.nn.functional.pad(at_least(neg_hist), pad)
+
+
+def auroc_from_curve(tp: Tensor, fp: Tensor) -> Tensor:
+    """Area under the ROC curve per class, float64 ``(C,)``, by the trapezoidal rule (sklearn's
+    ``roc_auc_score``); NaN for a class without positive or without negative samples.
+
+    The area is summed in counts and divided once, so it is exact up to float64 rounding."""
+    positives, negatives = tp[:, -1], fp[:, -1]
+    area = ((fp[:, 1:] - fp[:, :-1]) * (tp[:, 1:] + tp[:, :-1])).sum(dim=1) / 2
+    undefined = (positives == 0) | (negatives == 0)
+    return torch.where(undefined, torch.full_like(area, float("nan")), area / (positives * negatives))
+
+
+def average_precision_from_curve(tp: Tensor, fp: Tensor) -> Tensor:
+    """Average precision per class, float64 ``(C,)``: the sum over thresholds of the increase in
+    recall times the precision there (sklearn's ``average_precision_score``, no interpolation);
+    NaN for a class without positive samples (sklearn warns and returns 0 there)."""
+    positives = tp[:, -1]
+    precision = safe_divide(tp[:, 1:], tp[:, 1:] + fp[:, 1:])
+    summed = ((tp[:, 1:] - tp[:, :-1]) * precision).sum(dim=1)
+    return torch.where(positives == 0, torch.full_like(summed, float("nan")), summed / positives)
+
+
+def average_classes(values: Tensor, support: Tensor, average: str) -> Tensor:
+    """Average per-class values ``(C,)`` over the classes where they are defined (not NaN).
+
+    ``"macro"``: their plain mean; ``"weighted"``: weighted by ``support`` (each class's number of
+    true samples); ``"none"``: ``values`` as they are. NaN when no class has a value.
+    """
+    if average == "none":
+        return values
+    defined = ~values.isnan()
+    weights = defined.double() if average == "macro" else support.double() * defined
+    if average not in RANKING_AVERAGES:
+        raise ValueError(f"average must be one of {RANKING_AVERAGES}, got {average!r}")
+    total = weights.sum()
+    mean = (torch.where(defined, values, 0.0) * weights).sum() / total
+    return torch.where(total > 0, mean, torch.full_like(mean, float("nan")))
+
+
+def calibration_bins(
+    probs: Tensor, target: Tensor, n_bins: int, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch's per-bin sums of the top-1 confidence: float64 ``(n_bins,)`` confidence sums,
+    int64 ``(n_bins,)`` counts of correct top-1 predictions and of samples.
+
+    Bins are ``[k / n_bins, (k + 1) / n_bins)``, the last one closed at 1 (torchmetrics puts a
+    confidence of exactly 1 in a bin of its own; here it belongs to the last bin). ``mask`` (a
+    bool scalar) counts the whole batch or none of it.
+    """
+    confidence, predicted = probs.max(dim=1)
+    boundaries = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=probs.device)
+    index = (torch.bucketize(confidence, boundaries, right=True) - 1).clamp(0, n_bins - 1)
+    weight = torch.ones_like(index) if mask is None else mask.long().expand_as(index)
+    correct = (predicted == target).long() * weight
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64, device=probs.device)
+    conf_sum.scatter_add_(0, index, torch.where(weight > 0, confidence, 0.0))
+    correct_sum = torch.zeros(n_bins, dtype=torch.int64, device=probs.device).scatter_add_(0, index, correct)
+    count = torch.zeros(n_bins, dtype=torch.int64, device=probs.device).scatter_add_(0, index, weight)
+    return conf_sum, correct_sum, count
+
+
+def calibration_error_from_bins(conf_sum: Tensor, correct_sum: Tensor, count: Tensor, norm: str) -> Tensor:
+    """The calibration error from per-bin sums: over the bins, the gap between accuracy and mean
+    confidence, ``"l1"``: weighted by the bins' shares of the samples (ECE), ``"l2"``: the square
+    root of the weighted mean of its square, ``"max"``: the largest (MCE; an empty bin has no gap).
+    A float64 scalar, NaN before any sample (a calibration error of 0 would look perfect)."""
+    gap = (safe_divide(correct_sum, count) - safe_divide(conf_sum, count)).abs()
+    share = count.double() / count.sum()
+    if norm == "l1":
+        return (gap * share).sum()
+    if norm == "l2":
+        return (gap.square() * share).sum().sqrt()
+    if norm == "max":
+        return torch.where(count.sum() > 0, gap.max(), torch.full_like(gap[0], float("nan")))
+    raise ValueError(f"norm must be one of {CALIBRATION_NORMS}, got {norm!r}")
+
+
+def brier_sum(probs: Tensor, target: Tensor, binary: bool) -> Tensor:
+    """The float64 sum over samples of the squared error of the probabilities: summed over the
+    classes (Brier's definition), or for ``binary`` over class 1 only (sklearn's binary
+    ``brier_score_loss``, half the two-class sum). A target outside ``[0, C)`` is one-hot nowhere."""
+    onehot = (target.unsqueeze(1) == torch.arange(probs.shape[1], device=probs.device)).double()
+    squared = (probs - onehot).square()
+    return squared[:, 1].sum() if binary else squared.sum()

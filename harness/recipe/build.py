@@ -124,6 +124,13 @@ def build_metric(name: str, cfg: MetricConfig, num_classes: int) -> Any:
             return metrics.Accuracy(num_classes, top_k=cfg.top_k)
         if cfg.type == "confusion_matrix":
             return metrics.ConfusionMatrix(num_classes)
+        if cfg.type in ("auroc", "average_precision"):
+            ranking = {"auroc": metrics.AUROC, "average_precision": metrics.AveragePrecision}[cfg.type]
+            return ranking(num_classes, average=cfg.average, thresholds=cfg.thresholds)
+        if cfg.type == "calibration_error":
+            return metrics.CalibrationError(num_classes, n_bins=cfg.n_bins, norm=cfg.norm)
+        if cfg.type == "brier":
+            return metrics.BrierScore(num_classes)
         cls = {"precision": metrics.Precision, "recall": metrics.Recall, "f1": metrics.F1Score}[cfg.type]
         return cls(num_classes, average=cfg.average)
     except ValueError as e:
@@ -146,7 +153,8 @@ def logged_names(recipe: Recipe, validates: bool | None = None) -> list[str]:
     if validates:
         names.append("val/loss")
         for name, m in recipe.metrics.items():
-            per_class = m.type == "confusion_matrix" or (m.type != "accuracy" and m.average == "none")
+            averaged = m.type in ("precision", "recall", "f1", "auroc", "average_precision")
+            per_class = m.type == "confusion_matrix" or (averaged and m.average == "none")
             if not per_class:
                 names.append(f"val/{name}")
     return names
