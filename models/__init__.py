@@ -6,12 +6,14 @@ is named by import path, `package.module:Class`.
 
 from models.cnn import MnistCNN
 from models.mlp import MLP
+from models.pytorch_example import Net
 from models.resnet import ResNet
 
 MODELS = {
     "mlp": MLP,
     "cnn": MnistCNN,
     "resnet": ResNet,
+    "pytorch_example_net": Net,  # pytorch/examples mnist/main.py
 }
 
-__all__ = ["MLP", "MODELS", "MnistCNN", "ResNet"]
+__all__ = ["MLP", "MODELS", "MnistCNN", "Net", "ResNet"]

@@ -86,3 +86,74 @@ def test_mnist_recipe_end_to_end_on_a_slice_of_real_mnist(tmp_path: Path) -> Non
     assert summary["final"]["val/acc"] > 0.93
     assert summary["tested_weights"].startswith("best.pt")
     assert len(read_tensorboard(run_dir)["val/acc"]) == 2
+
+
+def test_tensorboard_reads_like_a_dashboard(tmp_path: Path) -> None:
+    """Read back by TensorBoard's own EventAccumulator: no `epoch` scalar, the custom-scalars layout (train and
+    val loss on one chart, each val metric, lr, throughput), the resolved recipe as text, an HParams row."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from harness.train import main
+
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=100)
+    assert main(["recipes/mnist_mlp.yaml", "trainer.epochs=2", "data.val_size=100", "data.batch_size=50",
+                 f"data.root={tmp_path / 'data'}", "trainer.progress=false", "trainer.device=cpu",
+                 f"logging.root={tmp_path / 'runs'}"]) == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "epoch" not in scalars and {"train/loss", "val/loss", "lr", "lr_end", "samples_per_s"} <= set(scalars)
+
+    [config] = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["loss"] == ["^train/loss$", "^val/loss$"]
+    assert charts["val/acc"] == ["^val/acc$"] and charts["val/f1"] == ["^val/f1$"]
+    assert any(tags == ["^lr$", "^lr_end$"] for tags in charts.values())
+    assert any(tags == ["^samples_per_s$"] for tags in charts.values())
+
+    [text] = events.Tensors("recipe/text_summary")
+    recipe_text = text.tensor_proto.string_val[0].decode()
+    assert "    optim:\n      name: adamw\n" in recipe_text and "epochs: 2" in recipe_text
+
+    hparams = {tag: plugin_data_pb2.HParamsPluginData.FromString(content)
+               for tag, content in events.PluginTagToContent("hparams").items()}
+    experiment = hparams["_hparams_/experiment"].experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/acc", "val/f1",
+                                                            "test/loss", "test/acc", "test/f1"]
+    row = hparams["_hparams_/session_start_info"].session_start_info.hparams
+    assert row["trainer.epochs"].number_value == 2 and row["data.val_size"].number_value == 100
+    assert row["model.name"].string_value == "mlp"
+    assert "trainer.seed" not in row  # at its default: not what sets this run apart
+    # The metric values the HParams tab shows are the run's own last scalars of those tags.
+    assert [e.step for e in events.Scalars("test/acc")] == [2]
+
+
+def test_no_validation_data_watches_the_training_loss_with_one_note(tmp_path: Path, capsys, one_thread) -> None:
+    import torch
+
+    from harness.train import main
+
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=100)
+    code = main(["recipes/mnist_mlp.yaml", "trainer.epochs=2", "data.val_size=0", "data.batch_size=50",
+                 "trainer.early_stopping={patience: 5}", "trainer.threads=2",
+                 f"data.root={tmp_path / 'data'}", "trainer.progress=false", "trainer.device=cpu",
+                 f"logging.root={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "train/loss (min) instead of trainer.monitor=val/acc" in notes[0], err
+    assert torch.get_num_threads() == 2  # trainer.threads (the fixture had set 1)
+    run_dir = only_run_dir(tmp_path / "runs")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    losses = [h["train/loss"] for h in read_history(run_dir)]
+    assert summary["monitor"] == "train/loss" and summary["best_value"] == min(losses)
+    assert summary["tested_weights"] == f"best.pt, epoch {losses.index(min(losses)) + 1}"
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()
+            if json.loads(line).get("epoch") is not None]

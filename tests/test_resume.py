@@ -366,7 +366,7 @@ def test_resume_with_more_epochs_than_a_per_step_schedule_spans(capsys, fake_arg
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("scheduler.name=cosinus", "scheduler.name: Input should be 'none', 'step'"),
+    ("scheduler.name=cosinus", "scheduler.name 'cosinus': unknown; choose a class of torch.optim.lr_scheduler"),
     ("trainer.precision=16", "trainer.precision: 16 needs CUDA"),
     ("trainer.monitor=val/nope", "trainer.monitor: 'val/nope' is never logged"),
 ])

@@ -93,6 +93,10 @@ def test_a_resume_records_the_changed_keys_in_config_yaml(args, tmp_path: Path, 
     (["data.batch_size=5"], ["data.batch_size (8 -> 5)"]),
     (["trainer.seed=3"], ["trainer.seed (0 -> 3)"]),
     (["trainer.early_stopping={patience: 2}"], ["trainer.early_stopping (None -> unset)"]),
+    # the keyword arguments of the optimizer, loss and schedule classes: the checkpoint's state would win
+    (["optim.args.eps=1e-6"], ["optim.args.eps (unset -> 1e-06)"]),
+    (["loss.args.reduction=sum"], ["loss.args.reduction (unset -> 'sum')"]),
+    (["scheduler.interval=epoch"], ["scheduler.interval (None -> 'epoch')"]),
 ])
 def test_a_resume_refuses_what_the_checkpoint_would_silently_override(args, tmp_path: Path, capsys,
                                                                       overrides: list[str], named: list[str]) -> None:
@@ -110,10 +114,11 @@ def test_a_resume_may_change_the_keys_it_applies(args, tmp_path: Path) -> None:
     assert train(*args, "trainer.epochs=1") == 0
     [run] = run_folders(tmp_path)
     assert train(*args, "trainer.log_every_n_steps=7", "data.eval_batch_size=3", "trainer.grad_clip_norm=1.0",
-                 "--resume", str(run / "checkpoints" / "last.pt")) == 0
+                 "trainer.threads=1", "--resume", str(run / "checkpoints" / "last.pt")) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["trainer"]["log_every_n_steps"], config["data"]["eval_batch_size"]) == (7, 3)
     assert config["trainer"]["grad_clip_norm"] == 1.0
+    assert config["trainer"]["threads"] == 1
 
 
 def test_a_torn_last_history_line_is_dropped_with_a_note(args, tmp_path: Path, capsys) -> None:

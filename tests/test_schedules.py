@@ -40,7 +40,8 @@ class LRRecorder(Callback):
 
 
 def fit_with_schedule(cfg: SchedulerConfig) -> tuple[list[float], list[float]]:
-    """(lr after every step, history lr per epoch) of a Trainer.fit with build_scheduler's schedule."""
+    """(lr after every step, history lr per epoch) of a Trainer.fit with build_scheduler's schedule; the
+    history's lr_end per epoch is kept in `LAST_LR_END`."""
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -50,15 +51,21 @@ def fit_with_schedule(cfg: SchedulerConfig) -> tuple[list[float], list[float]]:
                       scheduler_interval=interval, callbacks=[recorder])
     batches = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(STEPS)]
     history = trainer.fit(batches, epochs=EPOCHS)
+    LAST_LR_END[:] = [h["lr_end"] for h in history]
     return recorder.lrs, [h["lr"] for h in history]
 
 
-def by_hand(make: Callable[[Optimizer], lr_scheduler.LRScheduler], interval: str) -> list[float]:
-    """The same loop without the Trainer: step, (per-step schedule), record; per-epoch schedule at epoch end."""
+LAST_LR_END: list[float] = []
+
+
+def by_hand(make: Callable[[Optimizer], lr_scheduler.LRScheduler], interval: str) -> tuple[list[float], list[float]]:
+    """The same loop without the Trainer: step, (per-step schedule), record; per-epoch schedule at epoch end.
+    Returns (lr after every step, lr at every epoch's start)."""
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=LR)
     scheduler = make(optimizer)
-    lrs = []
+    lrs, starts = [], []
     for _ in range(EPOCHS):
+        starts.append(optimizer.param_groups[0]["lr"])
         for _ in range(STEPS):
             optimizer.step()
             if interval == "step":
@@ -66,7 +73,8 @@ def by_hand(make: Callable[[Optimizer], lr_scheduler.LRScheduler], interval: str
             lrs.append(optimizer.param_groups[0]["lr"])
         if interval == "epoch":
             scheduler.step()
-    return lrs
+    starts.append(optimizer.param_groups[0]["lr"])  # where the last epoch left it
+    return lrs, starts
 
 
 TOTAL = EPOCHS * STEPS
@@ -96,10 +104,14 @@ CASES = {
 def test_lr_at_every_step_matches_torch_schedulers_stepped_by_hand(case: str) -> None:
     settings, interval, make = CASES[case]
     lrs, history_lrs = fit_with_schedule(SchedulerConfig(**settings))
-    expected = by_hand(make, interval)
+    expected, starts = by_hand(make, interval)
     assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
-    # history's lr is the last step's: for a per-epoch schedule, the lr the whole epoch trained with.
-    assert history_lrs == pytest.approx(expected[STEPS - 1 :: STEPS], rel=1e-12)
+    # history's lr is the rate each epoch started with (for a per-epoch schedule, the one it trained with);
+    # lr_end the rate its scheduler steps left, the next epoch's start.
+    assert history_lrs == pytest.approx(starts[:-1], rel=1e-12)
+    assert LAST_LR_END == pytest.approx(starts[1:], rel=1e-12, abs=1e-15)
+    if interval == "step":  # a per-step schedule's first epoch logs the rate it started at, not where it ended
+        assert history_lrs[0] != pytest.approx(expected[STEPS - 1])
     assert len(set(lrs)) > 1  # the schedule moved
 
 

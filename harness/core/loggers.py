@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,9 +94,36 @@ class TensorBoardLogger:
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for name, value in scalars.items():
-            self.writer.add_scalar(name, value, global_step=step)
+            if name != "epoch":  # the step axis already: a scalar of it would only draw a diagonal line
+                self.writer.add_scalar(name, value, global_step=step)
         self.writer.flush()
         faults.reached("tensorboard:flushed")
+
+    def layout(self, charts: dict[str, list[str]], category: str = "run") -> None:
+        """The custom-scalars dashboard (TensorBoard's CUSTOM SCALARS tab): chart title -> the scalar tags
+        it draws, as lines on one chart. Once per run: each call adds a layout."""
+        exact = {title: ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]] for title, tags in charts.items()}
+        self.writer.add_custom_scalars({category: exact})
+        self.writer.flush()
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Markdown in the TEXT tab (a code block keeps YAML as it is: indent it by four spaces)."""
+        self.writer.add_text(tag, text, global_step=step)
+        self.writer.flush()
+
+    def run_hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """This run's row of the HPARAMS tab, in its own folder: `hparams` (values that are not a number,
+        string or bool are written as text) and the scalar tags whose last values are its metrics."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries  # noqa: PLC0415  (as above)
+
+        plain = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                 for key, value in hparams.items()}
+        # The metric values are not written here: TensorBoard reads each from the run's scalar of that tag.
+        experiment, start, _ = hparams_summaries(plain, dict.fromkeys(metric_tags, 0.0))
+        # the run's own event file, not a sub-folder as add_hparams would make
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(start)
+        self.writer.flush()
 
     def image(self, tag: str, image: Any, step: int) -> None:
         """An (H, W, 3) uint8 array, e.g. a rendered figure."""

@@ -168,7 +168,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Train until `epochs` epochs are done (counting those before a resume); returns the history.
 
-        Each history entry holds `epoch`, `train/loss`, `val/<metric>`, `lr`, `epoch_seconds`, `samples_per_s`.
+        Each history entry holds `epoch`, `train/loss`, `val/<metric>`, `lr` (the rate the epoch started
+        with), `lr_end` (the rate after its scheduler steps), `epoch_seconds`, `samples_per_s`.
         """
         if self.optimizer is None:
             raise ValueError("this Trainer has no optimizer: it can validate and evaluate, not fit")
@@ -184,6 +185,8 @@ class Trainer:
             while self.epoch < epochs and not self.should_stop:
                 self._call("on_epoch_start", self.epoch + 1)
                 started = time.perf_counter()
+                # The rate this epoch starts with (after a mid-epoch resume: the one it started with).
+                lr = self.partial_epoch.setdefault("lr", self.optimizer.param_groups[0]["lr"])
                 logs = self.train_epoch(train_data)
                 if self._signal is not None:
                     self._call("on_interrupt")
@@ -192,9 +195,11 @@ class Trainer:
                 samples = self.last_epoch_samples
                 if val_data is not None:
                     logs.update(self.validate(val_data))
-                logs["lr"] = self.optimizer.param_groups[0]["lr"]
                 if self.scheduler is not None and self.scheduler_interval == "epoch":
                     self.scheduler.step()
+                # lr: the rate the epoch trained with (at its start; a per-step schedule moves it within
+                # the epoch); lr_end: the rate after the epoch's scheduler steps, the next epoch's start.
+                logs["lr"], logs["lr_end"] = lr, self.optimizer.param_groups[0]["lr"]
                 self.epoch += 1
                 logs = {"epoch": self.epoch, **logs, "epoch_seconds": time.perf_counter() - started}
                 logs["samples_per_s"] = samples / train_seconds
@@ -281,8 +286,8 @@ class Trainer:
         if self._signal is None:
             self.batch_in_epoch = 0
             self.partial_epoch = {"loss_sum": 0.0, "samples": 0}
-        else:
-            self.partial_epoch = {"loss_sum": loss_sum, "samples": seen}
+        else:  # kept for the resume, with the epoch's starting lr
+            self.partial_epoch = {**self.partial_epoch, "loss_sum": loss_sum, "samples": seen}
         self.last_epoch_samples = samples
         return loss_sum / max(seen, 1)
 

@@ -7,9 +7,10 @@ thing everywhere. Errors are `HarnessError` lines naming the recipe key.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -17,9 +18,11 @@ from torch import nn
 from harness import metrics
 from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
 from harness.core.device import move_to_device
+from harness.core.distributed import is_main_process
 from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
+from harness.recipe.classes import loss_class, loss_keywords, optimizer_class, optimizer_keywords
 from harness.recipe.data import Data
 from harness.recipe.imports import import_object
 from harness.recipe.schedules import build_scheduler
@@ -98,24 +101,35 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """`optim.name` (any torch.optim class, or an import path) with the short keys that apply and `optim.args`."""
+    cls = optimizer_class(cfg)
+    kwargs = optimizer_keywords(cfg, cls)
     try:
-        if cfg.name == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                   weight_decay=cfg.weight_decay)
-        optimizer = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-        return optimizer(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    except ValueError as e:  # e.g. nesterov without momentum
-        raise HarnessError(f"optim: {e}") from None
+        return cls(params, **kwargs)
+    except (ValueError, TypeError) as e:  # e.g. nesterov without momentum, rho outside [0, 1]
+        raise HarnessError(f"optim ({cls.__name__} with {_shown(kwargs)}): {_first_line(e)}") from None
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
-    if cfg.name == "cross_entropy":
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if cfg.label_smoothing:
-        raise HarnessError(f"loss.label_smoothing applies to cross_entropy only, not {cfg.name}")
-    losses = {"nll": nn.NLLLoss, "mse": nn.MSELoss, "l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss,
-              "bce_with_logits": nn.BCEWithLogitsLoss}
-    return losses[cfg.name]()
+    """`loss.name` (any torch.nn loss class, or an import path) called with `loss.args`."""
+    cls = loss_class(cfg)
+    kwargs = loss_keywords(cfg, cls)
+    try:
+        loss = cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise HarnessError(f"loss ({cls.__name__} with {_shown(kwargs)}): {_first_line(e)}") from None
+    if not callable(loss):
+        raise HarnessError(f"loss.name {cfg.name!r} built a {type(loss).__name__}, which cannot be called")
+    return loss
+
+
+def _shown(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in kwargs.items()) or "no arguments"
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def build_metric(name: str, cfg: MetricConfig, num_classes: int) -> Any:
@@ -147,7 +161,7 @@ def logged_names(recipe: Recipe, validates: bool | None = None) -> list[str]:
     `validates`: whether the run has validation data; None decides from the recipe (a `data.val_size`
     hold-out, or `trainer.overfit_batches`). Cross-validation passes True: its held-out fold is the
     validation data whatever `data.val_size` says."""
-    names = ["train/loss", "lr", "epoch_seconds", "samples_per_s"]
+    names = ["train/loss", "lr", "lr_end", "epoch_seconds", "samples_per_s"]
     if validates is None:
         validates = bool(recipe.data.val_size or recipe.trainer.overfit_batches)
     if validates:
@@ -160,14 +174,43 @@ def logged_names(recipe: Recipe, validates: bool | None = None) -> list[str]:
     return names
 
 
+Mode = Literal["min", "max"]
+
+
+def run_monitor(recipe: Recipe, validates: bool | None = None,
+                monitor: str | None = None, mode: Mode | None = None) -> tuple[str, Mode]:
+    """The (monitor, mode) a run watches: `trainer.monitor` / `mode` (or the given pair), except that a run
+    without validation data (`data.val_size: 0`) watches `train/loss` / `min` instead of a `val/` name it
+    never logs (`validates`: see `logged_names`)."""
+    monitor, mode = monitor or recipe.trainer.monitor, mode or recipe.trainer.mode
+    if validates is None:
+        validates = bool(recipe.data.val_size or recipe.trainer.overfit_batches)
+    if not validates and monitor.startswith("val/"):
+        return FALLBACK_MONITOR
+    return monitor, mode
+
+
+# what a run without validation data watches instead of a val/ metric
+FALLBACK_MONITOR: tuple[str, Mode] = ("train/loss", "min")
+
+
+def monitor_note(recipe: Recipe, validates: bool | None = None) -> str | None:
+    """The note a run prints when `run_monitor` falls back to train/loss; None when it does not."""
+    if run_monitor(recipe, validates)[0] == recipe.trainer.monitor:
+        return None
+    return (f"note: no validation data (data.val_size: 0), so best.pt and early stopping watch train/loss (min) "
+            f"instead of trainer.monitor={recipe.trainer.monitor}")
+
+
 def check_monitors(recipe: Recipe, validates: bool | None = None) -> None:
     """Fail before the first step when a monitored name is never logged (`validates`: see `logged_names`)."""
     names = logged_names(recipe, validates)
-    checks = [("trainer.monitor", recipe.trainer.monitor)]
+    checks = [("trainer.monitor", run_monitor(recipe, validates)[0])]
     if recipe.trainer.early_stopping is not None:
-        checks.append(("trainer.early_stopping.monitor", recipe.trainer.early_stopping.monitor))
+        es = recipe.trainer.early_stopping
+        checks.append(("trainer.early_stopping.monitor", run_monitor(recipe, validates, es.monitor, es.mode)[0]))
     for key, monitor in checks:
-        if monitor is not None and monitor not in names:
+        if monitor not in names:
             raise HarnessError(f"{key}: {monitor!r} is never logged by this recipe; logged: {', '.join(names)}")
 
 
@@ -178,7 +221,12 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     `run_dir` None writes nothing (fast_dev_run, tests); `checkpoints=False` logs to `run_dir` but
     saves no checkpoints (cross-validation folds)."""
     t = recipe.trainer
-    check_monitors(recipe, validates=data.val is not None)
+    validates = data.val is not None
+    check_monitors(recipe, validates)
+    monitor, mode = run_monitor(recipe, validates)
+    note = monitor_note(recipe, validates)
+    if note is not None and is_main_process():
+        print(note, file=sys.stderr, flush=True)
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -195,12 +243,12 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         callbacks.append(EMA(t.ema.decay))  # first, so checkpoints and early stopping see EMA metrics
     if t.early_stopping is not None:
         es = t.early_stopping
-        monitor = es.monitor or t.monitor
-        if es.mode is None and monitor != t.monitor:
-            raise HarnessError(f"trainer.early_stopping.mode: say min or max for monitor {monitor!r}")
-        callbacks.append(EarlyStopping(monitor, es.mode or t.mode, es.patience, es.min_delta))
+        if es.mode is None and es.monitor is not None and es.monitor != t.monitor:
+            raise HarnessError(f"trainer.early_stopping.mode: say min or max for monitor {es.monitor!r}")
+        stop_monitor, stop_mode = run_monitor(recipe, validates, es.monitor, es.mode)
+        callbacks.append(EarlyStopping(stop_monitor, stop_mode, es.patience, es.min_delta))
     if run_dir is not None and checkpoints:
-        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", t.monitor, t.mode,
+        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", monitor, mode,
                                          extra={"recipe": recipe.to_dict(), "run_dir": str(run_dir.resolve())},
                                          resume_hint=resume_hint))
     callbacks.extend(extra_callbacks)
@@ -286,7 +334,7 @@ def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
         trainer.model = training_model
         model.train(was_training)
         set_rng_state(rng)
-    classifies = recipe.loss.name in ("cross_entropy", "nll")
+    classifies = issubclass(loss_class(recipe.loss), (nn.CrossEntropyLoss, nn.NLLLoss))
     if classifies and preds.is_floating_point() and tuple(preds.shape) != (target.shape[0], data.num_classes):
         raise HarnessError(f"model.name={recipe.model.name} gives outputs of shape {tuple(preds.shape)} for a batch "
                            f"of {target.shape[0]}, but data.name={recipe.data.name} has {data.num_classes} classes: "

@@ -24,6 +24,7 @@ from harness.core.seed import seed_everything
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.recipe.build import build_evaluator, build_model, build_trainer, check_model_fits_data, check_monitors
+from harness.recipe.classes import check_classes
 from harness.recipe.data import Data, build_data
 from harness.recipe.schema import MetricConfig, Recipe
 from harness.recipe.weights import check_same_data, init_model, load_checkpoint_model
@@ -43,9 +44,14 @@ def setup(recipe: Recipe, device: str | None = None) -> Setup:
     """Start the process group (under torchrun), resolve the device, check the precision, seed.
 
     `device` overrides `trainer.device` (compress scores on the CPU whatever the recipe says).
-    A bad device or precision fails here, before any file is read.
+    A bad device or precision fails here, before any file is read. `trainer.threads` is applied first,
+    so every op of the command runs with it.
     """
     t = recipe.trainer
+    if t.threads is not None:
+        # On a shared CPU, fewer threads than torch's default can be far faster: threads waiting on
+        # each other at OpenMP barriers while other jobs hold the cores.
+        torch.set_num_threads(t.threads)
     wanted = device or t.device
     dist = init_distributed(wanted)
     resolved = resolve_device(wanted)
@@ -75,6 +81,7 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     `indices`: explicit (train, val) indices into the training split (cross-validation folds)."""
     t = recipe.trainer
     check_monitors(recipe, validates=True if indices is not None else None)  # a fold validates on its held-out fold
+    check_classes(recipe.optim, recipe.loss, recipe.scheduler)  # unknown names and keywords: before the data
     model = build_model(recipe.model)
     initialised = None if resuming else init_model(model, recipe.model)
     data = build_data(recipe.data, env.device, t.seed, overfit_batches=t.overfit_batches,

@@ -14,8 +14,8 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.recipe.run_folder import checkpoint_dir
-from harness.recipe.schedules import PER_EPOCH
-from harness.recipe.schema import Recipe
+from harness.recipe.schedules import FITTED_TO_RUN
+from harness.recipe.schema import Recipe, flat_keys
 
 # Dotted keys (and every key under them) that a resume may change: they are read from the recipe
 # when the run is rebuilt and nothing in the checkpoint overrides them.
@@ -27,6 +27,7 @@ MAY_CHANGE = (
     # the callbacks whose states the checkpoint holds
     "trainer.early_stopping.patience", "trainer.early_stopping.min_delta", "trainer.ema.decay",
     "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.log_every_n_steps", "trainer.progress",
+    "trainer.threads",  # CPU threads: the speed of the run (sums may round differently), not its settings
     "metrics", "logging.tensorboard",
     "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
     "data.eval_batch_size",
@@ -40,15 +41,6 @@ def _show(value: Any) -> str:
     return "unset" if value is _UNSET else repr(value)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
-    return out
-
-
 def _may_change(key: str) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE)
 
@@ -59,8 +51,8 @@ def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path) -> Non
     saved_recipe = state.get("extra", {}).get("recipe")
     if saved_recipe is None:  # saved from Python without a recipe: nothing to compare
         return
-    saved, current = _flat(saved_recipe), _flat(recipe.to_dict())
-    defaults = _flat(Recipe().to_dict())
+    saved, current = flat_keys(saved_recipe), flat_keys(recipe.to_dict())
+    defaults = flat_keys(Recipe().to_dict())
     changed = []
     for key in sorted(set(saved) | set(current)):
         was, now = saved.get(key, _UNSET), current.get(key, _UNSET)
@@ -76,7 +68,7 @@ def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path) -> Non
     # epochs would run cosine back up past its end, or make onecycle raise in the middle of an epoch.
     schedule, epochs = recipe.scheduler.name, recipe.trainer.epochs
     saved_epochs = saved_recipe.get("trainer", {}).get("epochs", epochs)
-    if schedule != "none" and schedule not in PER_EPOCH and saved_epochs != epochs:
+    if schedule in FITTED_TO_RUN and saved_epochs != epochs:
         raise HarnessError(f"{checkpoint}: trainer.epochs={epochs}, but the checkpoint's {schedule} schedule "
                            f"spans trainer.epochs={saved_epochs}; resume with trainer.epochs={saved_epochs}")
 

@@ -1,8 +1,10 @@
 """Learning-rate schedules from a recipe, built from torch.optim.lr_scheduler's own classes.
 
 step, multistep and exponential count epochs and are stepped once per epoch; cosine and onecycle
-follow the optimizer steps and are stepped after every one. A linear warmup (`warmup_epochs`)
-runs first, on the same clock as the schedule after it (SequentialLR).
+follow the optimizer steps and are stepped after every one (`scheduler.interval` changes either).
+Any other `scheduler.name` is a torch.optim.lr_scheduler class (or an import path) built with
+`scheduler.args` and stepped per epoch unless `scheduler.interval: step`. A linear warmup
+(`warmup_epochs`) runs first, on the same clock as the schedule after it (SequentialLR).
 """
 
 from __future__ import annotations
@@ -12,9 +14,18 @@ import math
 from torch.optim import Optimizer, lr_scheduler
 
 from harness.errors import HarnessError
+from harness.recipe.classes import BUILTIN_SCHEDULES, check_keywords, scheduler_class
 from harness.recipe.schema import SchedulerConfig
 
-PER_EPOCH = {"step", "multistep", "exponential"}
+# Fitted to the run's length (trainer.epochs): a resume may not change the number of epochs under these.
+FITTED_TO_RUN = {"cosine", "onecycle"}
+
+
+def schedule_interval(cfg: SchedulerConfig) -> str:
+    """"epoch" or "step": `scheduler.interval`, else per epoch for every name but cosine and onecycle."""
+    if cfg.interval is not None:
+        return cfg.interval
+    return "step" if cfg.name in FITTED_TO_RUN else "epoch"
 
 
 def build_scheduler(
@@ -28,7 +39,7 @@ def build_scheduler(
         if cfg.warmup_epochs:
             raise HarnessError("scheduler.warmup_epochs needs a scheduler.name (e.g. cosine)")
         return None, "epoch"
-    interval = "epoch" if cfg.name in PER_EPOCH else "step"
+    interval = schedule_interval(cfg)
     ticks_per_epoch = 1 if interval == "epoch" else steps_per_epoch
     total = epochs * ticks_per_epoch
     warmup = math.ceil(cfg.warmup_epochs * ticks_per_epoch)
@@ -39,7 +50,15 @@ def build_scheduler(
             f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no steps for {cfg.name} (trainer.epochs={epochs})"
         )
 
-    if cfg.name == "step":
+    if cfg.name not in BUILTIN_SCHEDULES:
+        cls = scheduler_class(cfg)
+        check_keywords(cls, cfg.args, "scheduler.args", first="optimizer")
+        try:
+            main = cls(optimizer, **cfg.args)
+        except (ValueError, TypeError) as e:
+            lines = str(e).strip().splitlines()
+            raise HarnessError(f"scheduler ({cls.__name__} with {cfg.args}): {lines[0] if lines else e!r}") from None
+    elif cfg.name == "step":
         main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     elif cfg.name == "multistep":
         main = lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)

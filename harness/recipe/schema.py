@@ -91,19 +91,25 @@ class ParamGroupConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)  # sgd only
-    nesterov: bool = False  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw only
+    # Any torch.optim class by name in any case (sgd, adam, adamw, adadelta, rmsprop, nadam, ...), or an
+    # import path "package.module:Class" to an optimizer of your own.
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)  # every optimizer
+    weight_decay: float = Field(0.0, ge=0)  # every optimizer that takes it (0: not passed to one that does not)
+    momentum: float = Field(0.9, ge=0)  # SGD only (others: optim.args.momentum)
+    nesterov: bool = False  # SGD only
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW only (others: optim.args.betas)
+    args: dict[str, Any] = Field(default_factory=dict)  # the class's other keyword arguments, e.g. {rho: 0.95}
     # Parameters under a group's prefix train with its settings; the rest with lr / weight_decay above.
     param_groups: list[ParamGroupConfig] = Field(default_factory=list)
 
 
 class LossConfig(Section):
-    name: Literal["cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce_with_logits"] = "cross_entropy"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross_entropy only
+    # Any torch.nn loss class by name, in any case, with or without "Loss" and underscores (cross_entropy,
+    # nll, mse, l1, smooth_l1, bce_with_logits, HuberLoss, ...), or an import path "package.module:Class".
+    name: str = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # CrossEntropyLoss only
+    args: dict[str, Any] = Field(default_factory=dict)  # the class's keyword arguments, e.g. {delta: 0.5}
 
 
 class MetricConfig(Section):
@@ -152,6 +158,7 @@ class TrainerConfig(Section):
     limit_test_batches: int | None = Field(None, gt=0)  # batches of the final test (None: the whole test split)
     log_every_n_steps: int = Field(50, gt=0)  # progress-bar refresh: the only host sync in a step
     progress: bool = True  # tqdm bar on a terminal; one line per epoch otherwise
+    threads: int | None = Field(None, gt=0)  # torch.set_num_threads before anything runs; None: torch's choice
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -160,7 +167,14 @@ class TrainerConfig(Section):
 
 
 class SchedulerConfig(Section):
-    name: Literal["none", "step", "multistep", "exponential", "cosine", "onecycle"] = "none"
+    # none | step | multistep | exponential | cosine | onecycle (the keys below configure these), or any
+    # torch.optim.lr_scheduler class by name in any case (StepLR, cosineannealingwarmrestarts, ...) or an
+    # import path "package.module:Class", configured by scheduler.args.
+    name: str = "none"
+    args: dict[str, Any] = Field(default_factory=dict)  # a scheduler class's keyword arguments, e.g. {step_size: 1}
+    # step: after every optimizer step; epoch: after every epoch. None: cosine and onecycle per step,
+    # the other built-in names and every class per epoch.
+    interval: Literal["step", "epoch"] | None = None
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup (epochs; fractions allowed for per-step schedules)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)  # warmup starts at this fraction of optim.lr
     step_size: int = Field(10, gt=0)  # step: epochs between decays
@@ -333,6 +347,23 @@ def _allowed_keys(section: list[str]) -> list[str]:
         candidates = (annotation, *get_args(annotation))
         schema = next(t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel))
     return list(schema.model_fields)
+
+
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; an empty mapping stays one key ({"model.args": {}})."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat_keys(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def changed_keys(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's dotted keys whose values differ from the schema's defaults (what sets this run apart)."""
+    defaults = flat_keys(Recipe().to_dict())
+    return {key: value for key, value in flat_keys(recipe.to_dict()).items()
+            if key not in defaults or defaults[key] != value}
 
 
 def dump_yaml(recipe: Recipe) -> str:

@@ -4,7 +4,8 @@ runs/<name>/<timestamp>/
     config.yaml         the resolved recipe (file + overrides + defaults)
     history.jsonl       one JSON object per logged step: each epoch's scalars, then the test scalars
     summary.json        best epoch, final validation and test metrics, wall time, device, versions
-    events.out.tfevents.*   TensorBoard scalars (train/, val/, test/, lr, epoch_seconds, samples_per_s)
+    events.out.tfevents.*   TensorBoard scalars (train/, val/, test/, lr, lr_end, epoch_seconds, samples_per_s),
+                        the custom-scalars layout, the recipe as text, the run's HParams row
     checkpoints/last.pt, checkpoints/best.pt
 """
 
@@ -27,9 +28,10 @@ from harness.core.callbacks import Callback, ModelCheckpoint, best_entry
 from harness.core.checkpoint import read_checkpoint
 from harness.core.device import unwrap_model
 from harness.core.distributed import broadcast_object, broadcast_tensors
+from harness.core.loggers import TensorBoardLogger
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError, Interrupted
-from harness.recipe.build import epochs_to_run
+from harness.recipe.build import epochs_to_run, logged_names, run_monitor
 from harness.recipe.data import Data
 from harness.recipe.parts import build_training, setup
 from harness.recipe.resume import check_resume, recorded_run_folder
@@ -41,7 +43,7 @@ from harness.recipe.run_folder import (
     write_config,
     write_summary,
 )
-from harness.recipe.schema import Recipe, dump_yaml
+from harness.recipe.schema import Recipe, changed_keys, dump_yaml
 from harness.stats import wilson_interval
 
 
@@ -93,9 +95,11 @@ class Run:
             return finished
         try:
             faults.reached("run:building")
+            dashboard = Dashboard(recipe)
             parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
                                    resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
-                                   callbacks=self.callbacks)
+                                   callbacks=[*self.callbacks, dashboard])
+            dashboard.validates = parts.data.val is not None
         except (HarnessError, Interrupted):
             # Bad input found (or a signal) while building: leave no empty run folder behind, nor the empty
             # <logging.root>/<name>/ made for it.
@@ -201,13 +205,14 @@ class Run:
         assert self.trainer is not None
         trainer, t = self.trainer, self.recipe.trainer
         history = trainer.history
-        best = best_entry(history, t.monitor, t.mode)
+        monitor, mode = run_monitor(self.recipe, validates=self.data is not None and self.data.val is not None)
+        best = best_entry(history, monitor, mode)
         return {
             "recipe": str(self.recipe_path) if self.recipe_path else None,
             "run_dir": str(self.run_dir) if self.run_dir else None,
-            "monitor": t.monitor,
+            "monitor": monitor,
             "best_epoch": best["epoch"] if best else None,
-            "best_value": best[t.monitor] if best else None,
+            "best_value": best[monitor] if best else None,
             "epochs_run": trainer.epoch,
             "final": history[-1] if history else None,
             "test": test,
@@ -227,6 +232,37 @@ class Run:
             "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                          "torchvision": torchvision.__version__},
         }
+
+
+class Dashboard(Callback):
+    """TensorBoard as a dashboard, written once when a run starts (not again on a resume): the custom-scalars
+    layout (train and validation loss on one chart, each validation metric, the learning rate, the
+    throughput), the resolved recipe as text, and the run's HParams row (the keys that differ from the
+    schema's defaults; its metrics are the final validation and test scalars)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.validates = True  # whether the run has validation data: set once the data is built
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.epoch or trainer.batch_in_epoch:  # a resume: the run's start wrote all this
+            return
+        for logger in trainer.loggers or ():
+            if isinstance(logger, TensorBoardLogger):
+                self.write(logger)
+
+    def write(self, logger: TensorBoardLogger) -> None:
+        names = logged_names(self.recipe, self.validates)
+        metrics = [name for name in names if name.startswith("val/") and name != "val/loss"]
+        charts = {"loss": [name for name in ("train/loss", "val/loss") if name in names]}
+        charts.update({name: [name] for name in metrics})
+        charts["learning rate (lr: at the epoch's start, lr_end: after its last step)"] = ["lr", "lr_end"]
+        charts["throughput (training samples/s)"] = ["samples_per_s"]
+        logger.layout(charts)
+        logger.text("recipe", "    " + dump_yaml(self.recipe).rstrip("\n").replace("\n", "\n    "))
+        tested = ["test/loss", *(f"test/{name.removeprefix('val/')}" for name in metrics)]
+        validated = [name for name in names if name.startswith("val/")]
+        logger.run_hparams(changed_keys(self.recipe), [*validated, *tested])
 
 
 def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
