@@ -88,14 +88,16 @@ class Run:
         if resumed is not None:
             check_resume(resumed, recipe, self.resume)
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
-        made_here = self.run_dir is None and resumed is None  # a new folder this run makes for itself
+        given_folder = self.run_dir is not None  # by the caller: a sweep trial, a compared model
+        made_here = not given_folder and resumed is None  # a new folder this run makes for itself
         self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir(resumed)
         finished = self._finished_summary(resumed)
         if finished is not None:
             return finished
         try:
             faults.reached("run:building")
-            dashboard = Dashboard(recipe)
+            # A sweep or a comparison gives the run folder and writes the HParams row itself.
+            dashboard = Dashboard(recipe, hparams=not given_folder)
             parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
                                    resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
                                    callbacks=[*self.callbacks, dashboard])
@@ -238,10 +240,11 @@ class Dashboard(Callback):
     """TensorBoard as a dashboard, written once when a run starts (not again on a resume): the custom-scalars
     layout (train and validation loss on one chart, each validation metric, the learning rate, the
     throughput), the resolved recipe as text, and the run's HParams row (the keys that differ from the
-    schema's defaults; its metrics are the final validation and test scalars)."""
+    schema's defaults; its metrics are the final validation and test scalars) unless `hparams=False`."""
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, hparams: bool = True) -> None:
         self.recipe = recipe
+        self.hparams = hparams
         self.validates = True  # whether the run has validation data: set once the data is built
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -262,7 +265,8 @@ class Dashboard(Callback):
         logger.text("recipe", "    " + dump_yaml(self.recipe).rstrip("\n").replace("\n", "\n    "))
         tested = ["test/loss", *(f"test/{name.removeprefix('val/')}" for name in metrics)]
         validated = [name for name in names if name.startswith("val/")]
-        logger.run_hparams(changed_keys(self.recipe), [*validated, *tested])
+        if self.hparams:
+            logger.run_hparams(changed_keys(self.recipe), [*validated, *tested])
 
 
 def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
