@@ -5,6 +5,7 @@ is named by import path, `package.module:Class`.
 """
 
 from models.cnn import MnistCNN
+from models.digits_cnn import DigitsCNN
 from models.mlp import MLP
 from models.pytorch_example import Net
 from models.resnet import ResNet
@@ -14,6 +15,7 @@ MODELS = {
     "cnn": MnistCNN,
     "resnet": ResNet,
     "pytorch_example_net": Net,  # pytorch/examples mnist/main.py
+    "digits_cnn": DigitsCNN,
 }
 
-__all__ = ["MLP", "MODELS", "MnistCNN", "Net", "ResNet"]
+__all__ = ["MLP", "MODELS", "DigitsCNN", "MnistCNN", "Net", "ResNet"]

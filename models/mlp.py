@@ -1,4 +1,4 @@
-"""A multi-layer perceptron for flattened images (MNIST: 1x28x28 -> 784 inputs)."""
+"""A multi-layer perceptron for feature vectors or flattened images (MNIST: 1x28x28 -> 784 inputs)."""
 
 from collections.abc import Sequence
 

@@ -1,6 +1,8 @@
 """Data: datasets decoded once into tensors, and the two ways to batch them.
 
 - `load_dataset` -> `ImageTensors` (uint8 images, int64 targets, classes, mean/std).
+- `load_bundled`: scikit-learn's bundled breast_cancer (`FeatureTensors`: float feature vectors)
+  and digits (`ImageTensors`), with a fixed stratified test split.
 - `TensorLoader`: the fast path, the whole dataset on the device, one gather + one fused
   normalisation per batch.
 - `make_dataloader`: the `torch.utils.data.DataLoader` path for anything else; its
@@ -9,13 +11,16 @@
   `augment_transforms`: the same as torchvision.transforms.v2 per-sample transforms.
 - `load_image_folder`: a user's class-per-folder images as map-style datasets (DataLoader path).
 
-Nothing here imports torchvision until a dataset is actually loaded.
+Nothing here imports torchvision (or scikit-learn) until a dataset is actually loaded.
 """
 
 from harness.data.augment import AugmentParams, BatchAugment, augment_transforms
+from harness.data.bundled import BUNDLED, fixed_test_split, load_bundled
 from harness.data.datasets import (
     DATASETS,
+    TENSOR_SPLITS,
     DatasetSpec,
+    FeatureTensors,
     ImageTensors,
     dataset_spec,
     load_dataset,
@@ -37,6 +42,7 @@ from harness.data.map_style import (
 )
 from harness.data.split import random_subset, train_val_split
 from harness.data.tensor_loader import (
+    FeatureStandardize,
     TensorLoader,
     Uint8Normalize,
     epoch_permutation,
@@ -45,13 +51,17 @@ from harness.data.tensor_loader import (
 )
 
 __all__ = [
+    "BUNDLED",
     "DATASETS",
+    "TENSOR_SPLITS",
     "AugmentParams",
     "BatchAugment",
     "ClassSubset",
     "DatasetSpec",
     "EpochDataLoader",
     "EpochSampler",
+    "FeatureStandardize",
+    "FeatureTensors",
     "FolderSplits",
     "ImageTensors",
     "TensorLoader",
@@ -61,6 +71,8 @@ __all__ = [
     "dataset_targets",
     "default_num_workers",
     "epoch_permutation",
+    "fixed_test_split",
+    "load_bundled",
     "load_dataset",
     "load_image_folder",
     "make_dataloader",

@@ -1,4 +1,4 @@
-"""Image classification datasets, decoded once into uint8 tensors.
+"""Classification datasets, decoded once into tensors: uint8 images, or float feature vectors.
 
 torchvision's own dataset classes read the standard on-disk layouts; we keep only their decoded
 `.data` / `.targets` arrays, so no PIL image and no per-sample transform runs during training.
@@ -18,7 +18,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -94,9 +94,54 @@ class ImageTensors:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What a loader batches: the images."""
+        return self.images
+
     def take(self, index: torch.Tensor) -> ImageTensors:
         """The samples at `index` (e.g. one side of `train_val_split`), same classes and stats."""
         return ImageTensors(self.images[index], self.targets[index], list(self.classes), self.mean, self.std)
+
+
+@dataclass(eq=False)
+class FeatureTensors:
+    """A whole tabular classification split in memory: one feature vector per sample, not an image.
+
+    `features` is float32 (N, F), the values as the source gives them (not standardised); `targets`
+    is int64 (N,). `mean` / `std` are per feature, ready for `TensorLoader`, which standardises each
+    batch as `(x - mean) / std`. Indexing gives `(features, target)`, so it also works as a map-style
+    dataset.
+    """
+
+    features: torch.Tensor
+    targets: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[i], self.targets[i]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What a loader batches: the feature vectors."""
+        return self.features
+
+    def take(self, index: torch.Tensor) -> FeatureTensors:
+        """The samples at `index` (e.g. one side of `train_val_split`), same classes and stats."""
+        return FeatureTensors(self.features[index], self.targets[index], list(self.classes), self.mean, self.std)
+
+
+# The split types of the tensor path (TensorLoader): anything else goes through a DataLoader.
+TENSOR_SPLITS = (ImageTensors, FeatureTensors)
 
 
 def resolve_data_root(root: str | os.PathLike | None) -> Path:
@@ -153,7 +198,7 @@ def load_dataset(name: str, root: str | os.PathLike | None, train: bool, downloa
     )
 
 
-def subset_classes(data: ImageTensors, classes: list[int]) -> ImageTensors:
+def subset_classes(data: ImageTensors | FeatureTensors, classes: list[int]) -> ImageTensors | FeatureTensors:
     """Keep only the samples of `classes`, relabelled 0..k-1 in the order given.
 
     `subset_classes(cifar, [3, 5])` gives a cat-vs-dog set where cat is 0 and dog is 1.
@@ -168,14 +213,8 @@ def subset_classes(data: ImageTensors, classes: list[int]) -> ImageTensors:
     relabel = torch.full((data.num_classes,), -1, dtype=torch.int64)
     relabel[torch.tensor(classes)] = torch.arange(len(classes))
     new_targets = relabel[data.targets]
-    keep = new_targets >= 0
-    return ImageTensors(
-        images=data.images[keep],
-        targets=new_targets[keep],
-        classes=[data.classes[c] for c in classes],
-        mean=data.mean,
-        std=data.std,
-    )
+    keep = torch.nonzero(new_targets >= 0).flatten()
+    return replace(data.take(keep), targets=new_targets[keep], classes=[data.classes[c] for c in classes])
 
 
 def _has_files(spec: DatasetSpec, folder: Path) -> bool:

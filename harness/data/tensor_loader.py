@@ -1,8 +1,9 @@
-"""TensorLoader: batches from a dataset that lives in one uint8 tensor on the device (airbench style).
+"""TensorLoader: batches from a dataset that lives in one tensor on the device (airbench style).
 
-The images are moved to the device once; each epoch draws one permutation, and each batch is a
-gather plus one fused multiply-add that turns uint8 into normalised float32. No workers, no pinned
-host copies, no per-sample Python: on a GPU an MNIST epoch is a few hundred tiny kernel launches.
+The inputs (uint8 images, or float feature vectors) are moved to the device once; each epoch draws
+one permutation, and each batch is a gather plus one fused multiply-add that turns them into
+normalised float32. No workers, no pinned host copies, no per-sample Python: on a GPU an MNIST
+epoch is a few hundred tiny kernel launches.
 
 Order of samples: `epoch_permutation(n, seed, epoch)` is a pure function, so the batches of
 epoch e are the same whether the run went straight through or resumed from a checkpoint, and the
@@ -112,10 +113,40 @@ class Uint8Normalize:
         return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
-class TensorLoader:
-    """Iterate `(x, y)` batches of a uint8 image tensor, normalised on the device.
+class FeatureStandardize:
+    """`(x - mean) / std` per feature for float (N, F) batches of feature vectors, as one multiply-add.
 
-    `x` is float32 (B, C, H, W), `(pixel/255 - mean)/std`; `y` is the int64 targets. Call
+    The tabular counterpart of `Uint8Normalize`: `mean` / `std` hold one value per feature.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} features but std has {len(std)}")
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)  # as given: for exports
+        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1)
+        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1)
+        # (x - mean)/std == x * scale + shift; computed in float64, then rounded once
+        self.scale = (1.0 / std64).float().to(device)
+        self.shift = (-mean64 / std64).float().to(device)
+
+    @property
+    def features(self) -> int:
+        return self.scale.shape[1]
+
+    def to(self, device: torch.device | str) -> FeatureStandardize:
+        self.scale, self.shift = self.scale.to(device), self.shift.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+
+class TensorLoader:
+    """Iterate `(x, y)` batches of a tensor dataset, normalised on the device.
+
+    `inputs` is either uint8 images (N, C, H, W), batched as float32 `(pixel/255 - mean)/std` per
+    channel, or float feature vectors (N, F), batched as float32 `(x - mean)/std` per feature
+    (`augment` and `channels_last` are for images only). `y` is the int64 targets. Call
     `set_epoch(e)` before each epoch (the Trainer does): the order is `shard_indices(...)`
     for `(seed, e)` and never depends on how often the loader was iterated. See
     `shard_indices` for how `rank`/`world_size` split the data, with and without `shuffle`.
@@ -131,7 +162,7 @@ class TensorLoader:
 
     def __init__(
         self,
-        images: torch.Tensor,
+        inputs: torch.Tensor,
         targets: torch.Tensor,
         batch_size: int,
         *,
@@ -146,12 +177,17 @@ class TensorLoader:
         channels_last: bool = False,
         augment: BatchAugment | None = None,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if targets.shape != images.shape[:1]:
-            raise ValueError(f"targets must be ({len(images)},), got {tuple(targets.shape)}")
-        if len(mean) != images.shape[1]:
-            raise ValueError(f"images have {images.shape[1]} channels but mean/std have {len(mean)}")
+        features = inputs.dtype.is_floating_point and inputs.ndim == 2
+        if not features and (inputs.dtype != torch.uint8 or inputs.ndim != 4):
+            raise ValueError("inputs must be uint8 images (N, C, H, W) or float features (N, F), "
+                             f"got {inputs.dtype} {tuple(inputs.shape)}")
+        if targets.shape != inputs.shape[:1]:
+            raise ValueError(f"targets must be ({len(inputs)},), got {tuple(targets.shape)}")
+        if len(mean) != inputs.shape[1]:
+            what = "features" if features else "channels"
+            raise ValueError(f"inputs have {inputs.shape[1]} {what} but mean/std have {len(mean)}")
+        if features and (augment is not None or channels_last):
+            raise ValueError("augment and channels_last are for images; these inputs are feature vectors")
         if batch_size < 1:
             raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
         check_rank(rank, world_size)
@@ -162,9 +198,10 @@ class TensorLoader:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
-        self.normalize = Uint8Normalize(mean, std, channels_last=channels_last)
+        self.normalize = (FeatureStandardize(mean, std) if features
+                          else Uint8Normalize(mean, std, channels_last=channels_last))
         self.augment = augment
-        self.images, self.targets = images, targets
+        self.inputs, self.targets = inputs, targets
         self.to(device)
 
     @property
@@ -190,7 +227,7 @@ class TensorLoader:
     def to(self, device: torch.device | str) -> TensorLoader:
         """Move the dataset to `device` (once; batches are then made there)."""
         self.device = torch.device(device)
-        self.images = self.images.to(self.device)
+        self.inputs = self.inputs.to(self.device)
         self.targets = self.targets.to(self.device)
         self.normalize.to(self.device)
         return self
@@ -211,13 +248,13 @@ class TensorLoader:
             world_size=self.world_size,
         ).to(self.device)
         targets = self.targets[index]  # the epoch's labels in one gather; batches slice views of it
-        images, normalize, batch_size, augment = self.images, self.normalize, self.batch_size, self.augment
+        inputs, normalize, batch_size, augment = self.inputs, self.normalize, self.batch_size, self.augment
         if augment is not None:  # every sample's crop and flip for this epoch, drawn once
-            params = augment.sample(self.dataset_size, images.shape[-2:], self.seed, self.epoch).to(self.device)
+            params = augment.sample(self.dataset_size, inputs.shape[-2:], self.seed, self.epoch).to(self.device)
         stop = len(self) * batch_size if self.drop_last else len(index)
         for start in range(0, stop, batch_size):
             batch = index[start : start + batch_size]
-            x = images.index_select(0, batch)
+            x = inputs.index_select(0, batch)
             if augment is not None:
                 x = augment(x, params.take(batch))
             yield normalize(x), targets[start : start + batch_size]

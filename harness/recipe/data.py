@@ -1,6 +1,7 @@
 """The data of a recipe: the source `data.name` names, the seeded hold-out, and the loaders.
 
-`load_data_source` reads the splits (built-in data sets, `image_folder`, `import:module:function`) and
+`load_data_source` reads the splits (built-in data sets, scikit-learn's bundled `sklearn:breast_cancer`
+and `sklearn:digits`, `image_folder`, `import:module:function`) and
 keeps `data.classes`; `build_data` holds out `data.val_size` (seeded by `trainer.seed`), subsamples
 `data.train_size` and makes the loaders: a TensorLoader on the device for tensors, the DataLoader
 path for datasets, this rank's shard under torchrun. `identify_test_split` says which samples a
@@ -17,10 +18,14 @@ from typing import Any
 import torch
 
 from harness.data import (
+    BUNDLED,
+    TENSOR_SPLITS,
     BatchAugment,
+    FeatureTensors,
     ImageTensors,
     TensorLoader,
     augment_transforms,
+    load_bundled,
     load_dataset,
     load_image_folder,
     make_dataloader,
@@ -51,7 +56,8 @@ class Data:
 class DataSource:
     """The splits `data.name` provides, `data.classes` applied, before any hold-out.
 
-    A split is an `ImageTensors` (the tensor path: TensorLoader, batch augmentation on the device),
+    A split is an `ImageTensors` or a `FeatureTensors` (the tensor path: TensorLoader, batch augmentation
+    of images on the device),
     a map-style dataset (the DataLoader path) or, from an import function, a ready loader (used as is).
     """
 
@@ -64,11 +70,14 @@ class DataSource:
 
 
 def load_data_source(cfg: DataConfig) -> DataSource:
-    """Read `data.name` (built-in, `image_folder` or `import:module:function`) and keep `data.classes`."""
+    """Read `data.name` (built-in, bundled, `image_folder` or `import:module:function`) and keep `data.classes`."""
     if cfg.name == "image_folder":
         source = _image_folder_source(cfg)
     elif cfg.name.startswith("import:"):
         source = _import_source(cfg)
+    elif cfg.name in BUNDLED:  # inside scikit-learn: data.root and data.download do not apply
+        train, test = (_with_stats(split, cfg) for split in load_bundled(cfg.name))
+        source = DataSource(train, test, None, train, train.classes)
     else:
 
         full = _with_stats(load_dataset(cfg.name, cfg.root, train=True, download=cfg.download), cfg)
@@ -81,7 +90,7 @@ def load_data_source(cfg: DataConfig) -> DataSource:
 
         if split is None:
             return None
-        if isinstance(split, ImageTensors):
+        if isinstance(split, TENSOR_SPLITS):
             return subset_classes(split, cfg.classes)
         if is_loader(split):
             raise HarnessError(f"data.classes: {cfg.name} gave a loader; class subsets need datasets")
@@ -115,9 +124,9 @@ def identify_test_split(cfg: DataConfig) -> SplitIdentity:
     input and label. Tensors are hashed as stored plus their mean / std; a dataset is read once."""
     source = load_data_source(cfg)
     split, digest, size = source.test, hashlib.sha256(), 0
-    if isinstance(split, ImageTensors):
-        digest.update(repr((tuple(split.images.shape), split.mean, split.std)).encode())
-        digest.update(split.images.cpu().contiguous().numpy().tobytes())
+    if isinstance(split, TENSOR_SPLITS):
+        digest.update(repr((tuple(split.inputs.shape), split.mean, split.std)).encode())
+        digest.update(split.inputs.cpu().contiguous().numpy().tobytes())
         digest.update(split.targets.cpu().to(torch.int64).numpy().tobytes())
         size = len(split)
     else:
@@ -166,8 +175,8 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
     augment = _batch_augment(cfg, source.train)
 
     def loader(split: Any, batch_size: int, shuffle: bool, augment: Any = None) -> Any:
-        if isinstance(split, ImageTensors):
-            return TensorLoader(split.images, split.targets, batch_size, mean=split.mean, std=split.std,
+        if isinstance(split, TENSOR_SPLITS):
+            return TensorLoader(split.inputs, split.targets, batch_size, mean=split.mean, std=split.std,
                                 shuffle=shuffle, seed=seed, device=device, channels_last=channels_last,
                                 rank=rank, world_size=world_size, augment=augment)
         if is_loader(split):
@@ -230,7 +239,7 @@ def is_loader(split: Any) -> bool:
 
 def _take(split: Any, index: torch.Tensor) -> Any:
 
-    if isinstance(split, ImageTensors):
+    if isinstance(split, TENSOR_SPLITS):
         return split.take(index)
     return torch.utils.data.Subset(split, index.tolist())
 
@@ -238,6 +247,9 @@ def _take(split: Any, index: torch.Tensor) -> Any:
 def _with_stats(split: Any, cfg: DataConfig) -> Any:
     """`split` with `data.mean` / `data.std` when the recipe sets them."""
 
+    if cfg.mean is not None and isinstance(split, FeatureTensors):
+        raise HarnessError(f"data.mean / data.std are per image channel; {cfg.name} gives feature vectors, "
+                           "standardised with their training split's statistics: leave data.mean and data.std unset")
     if cfg.mean is None or cfg.std is None or not isinstance(split, ImageTensors):
         return split
     channels = split.images.shape[1]
@@ -252,6 +264,9 @@ def _batch_augment(cfg: DataConfig, train: Any) -> Any:
 
     if cfg.augment is None:
         return None
+    if isinstance(train, FeatureTensors):
+        raise HarnessError(f"data.augment crops and flips images; {cfg.name} gives feature vectors: "
+                           "leave data.augment unset")
     if not isinstance(train, ImageTensors):
         if cfg.name != "image_folder":  # image_folder put the same ops in its transforms
             raise HarnessError(f"data.augment: {cfg.name} gave datasets, not tensors; put the augmentation "

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.core.callbacks import DEFAULT_MODE, DEFAULT_MONITOR
+from harness.data.bundled import BUNDLED  # scikit-learn's bundled sets: sklearn:breast_cancer, sklearn:digits
 from harness.data.datasets import DATASETS  # the registry is the one list of built-in data set names
 from harness.errors import HarnessError
 
@@ -51,7 +52,9 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    name: str = "mnist"  # mnist | fashion_mnist | cifar10 | image_folder | import:package.module:function
+    # mnist | fashion_mnist | cifar10 | sklearn:breast_cancer | sklearn:digits | image_folder
+    # | import:package.module:function
+    name: str = "mnist"
     root: str | None = None  # None: $HARNESS_DATA_DIR, else ./data (image_folder: holds train/, test/, val/)
     download: bool = True  # try to download when the files are missing
     batch_size: int = Field(128, gt=0)  # samples per training step (per process under torchrun)
@@ -70,7 +73,7 @@ class DataConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        choices = [*DATASETS, "image_folder"]
+        choices = [*DATASETS, *BUNDLED, "image_folder"]
         module, _, function = name.removeprefix("import:").partition(":")
         if name in choices or (name.startswith("import:") and module and function):
             return name

@@ -1,11 +1,12 @@
 """`python -m harness.cv RECIPE --folds K [key=value ...]`: stratified K-fold cross-validation.
 
-The recipe's training split (MNIST: the 60k train images; the test split is never evaluated) is
-cut into K stratified folds (`harness.data.folds`, seeded by `trainer.seed`). Fold i trains a fresh
-model from the recipe on the other K-1 folds and validates on fold i; `data.val_size` does not
-apply (the held-out fold is the validation set). Every fold starts from the same seed, so the
-spread between folds comes from the data alone. A fold's score is its last epoch's validation
-metrics: picking the best epoch on the held-out fold would bias the estimate upwards.
+The recipe's training split (MNIST: the 60k train images; sklearn:*: the 80 % outside their fixed test
+split; the test split is never evaluated) is cut into K stratified folds (`harness.data.folds`, seeded
+by `trainer.seed`). Fold i trains a fresh model from the recipe on the other K-1 folds and
+validates on fold i; `data.val_size` does not apply (the held-out fold is the validation set).
+Every fold starts from the same seed, so the spread between folds comes from the data alone. A
+fold's score is its last epoch's validation metrics: picking the best epoch on the held-out fold
+would bias the estimate upwards.
 
     runs/<name>-cv/<time>/
         config.yaml     the resolved recipe
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from harness.core.callbacks import best_entry
 from harness.core.seed import seed_everything
 from harness.core.trainer import TrainingInterrupted
-from harness.data import ImageTensors, dataset_targets
+from harness.data import TENSOR_SPLITS, dataset_targets
 from harness.data.folds import fold_splits, stratified_folds
 from harness.errors import HarnessError
 from harness.metrics.report import format_table, mean_std
@@ -87,7 +88,7 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
     full = load_data_source(recipe.data).train
     if is_loader(full):
         raise HarnessError(f"{recipe.data.name} gave a training loader: cross-validation needs a dataset")
-    targets = full.targets if isinstance(full, ImageTensors) else dataset_targets(full)
+    targets = full.targets if isinstance(full, TENSOR_SPLITS) else dataset_targets(full)
     splits = fold_splits(stratified_folds(targets, folds, seed=t.seed))
     smallest = min(len(train_idx) for train_idx, _ in splits)
     if recipe.data.train_size is not None and recipe.data.train_size > smallest:

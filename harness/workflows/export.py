@@ -39,7 +39,7 @@ from torch import nn
 
 from harness.core.checkpoint import FORMAT, load_file, publish, temporary_beside
 from harness.data.map_style import NormalizeCollate
-from harness.data.tensor_loader import TensorLoader
+from harness.data.tensor_loader import FeatureStandardize, TensorLoader
 from harness.errors import CheckFailed, HarnessError
 from harness.recipe.build import build_model
 from harness.recipe.choices import DEFAULT_EXPORT_ATOL, EXPORT_FORMATS
@@ -81,9 +81,13 @@ def export_metadata(recipe: Recipe, checkpoint: str | Path, epoch: int, weights:
         normalize = loader.normalize
     elif isinstance(getattr(loader, "collate_fn", None), NormalizeCollate):
         normalize = loader.collate_fn.normalize
-    if normalize is not None:
+    if isinstance(normalize, FeatureStandardize):
+        preprocessing = "x = (feature - mean) / std per feature, float32 (batch, features)"
+    elif normalize is not None:
         preprocessing = ("x = (pixel / 255 - mean) / std per channel, pixels uint8 in [0, 255], "
                          "float32 (batch, channels, height, width)")
+        if recipe.data.name == "sklearn:digits":
+            preprocessing = "pixels 0-16 as scikit-learn's load_digits gives them; " + preprocessing
         if recipe.data.name == "image_folder":
             preprocessing = f"RGB, resized to {recipe.data.image_size}x{recipe.data.image_size}; " + preprocessing
     else:
