@@ -81,6 +81,22 @@ def check_run_parent(recipe: Recipe, recipe_path: str | Path | None, command: st
                            "give logging.root a folder you can write to")
 
 
+def nearest_existing(folder: Path) -> Path:
+    """`folder` itself when it exists, else its nearest existing ancestor: where mkdir would start."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def remove_empty_folders(folder: Path, stop_at: Path) -> None:
+    """Remove `folder` and then each parent while it is empty, up to (not including) `stop_at`."""
+    stop = stop_at.resolve()
+    folder = folder.resolve()
+    while folder != stop and stop in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS
 

@@ -39,7 +39,10 @@ from harness.recipe.run_folder import (
     SUMMARY,
     check_run_parent,
     command_folder,
+    command_parent,
     last_checkpoint,
+    nearest_existing,
+    remove_empty_folders,
     write_config,
     write_summary,
 )
@@ -90,6 +93,9 @@ class Run:
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
         given_folder = self.run_dir is not None  # by the caller: a sweep trial, a compared model
         made_here = not given_folder and resumed is None  # a new folder this run makes for itself
+        # The nearest folder that exists before this run makes its own: bad input found while building
+        # removes what the run made below it, and nothing above.
+        existed = nearest_existing(command_parent(recipe, self.recipe_path)) if made_here else None
         self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir(resumed)
         finished = self._finished_summary(resumed)
         if finished is not None:
@@ -103,12 +109,9 @@ class Run:
                                    callbacks=[*self.callbacks, dashboard])
             dashboard.validates = parts.data.val is not None
         except (HarnessError, Interrupted):
-            # Bad input found (or a signal) while building: leave no empty run folder behind, nor the empty
-            # <logging.root>/<name>/ made for it.
-            if made_here and self.run_dir is not None and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()
-                if not any(self.run_dir.parent.iterdir()):
-                    self.run_dir.parent.rmdir()
+            # Bad input found (or a signal) while building: leave no empty folder behind that this run made.
+            if existed is not None and self.run_dir is not None:
+                remove_empty_folders(self.run_dir, stop_at=existed)
             raise
         self.data, self.trainer = parts.data, parts.trainer
         trainer, data = parts.trainer, parts.data
