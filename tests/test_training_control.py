@@ -325,3 +325,14 @@ def test_a_split_with_no_samples_is_refused_before_training(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and "the test split has no samples after data.classes=[3, 4]" in err, err
+
+
+def test_logging_tensorboard_false_writes_history_but_no_event_file(fake_data, tmp_path: Path) -> None:
+    args = [str(REPO / "recipes/mnist_mlp.yaml"), f"data.root={fake_data.root}", "data.batch_size=8", "data.val_size=8",
+            "trainer.epochs=1", "trainer.progress=false", "trainer.device=cpu", f"logging.root={tmp_path / 'runs'}"]
+    assert main([*args, "logging.tensorboard=false"]) == 0
+    [run] = (tmp_path / "runs").glob("*/*")
+    assert (run / "history.jsonl").is_file() and (run / "summary.json").is_file()
+    assert not list(run.glob("events.out.tfevents.*"))
+    assert main(args) == 0  # the default still writes them
+    assert len(list((tmp_path / "runs").glob("*/*/events.out.tfevents.*"))) == 1

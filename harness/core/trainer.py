@@ -67,6 +67,7 @@ class Trainer:
         max_nonfinite_skips: with "skip", halt after this many non-finite steps in a row.
         callbacks: `Callback` objects, called in order after the Trainer's own `on_*` hooks.
         loggers: objects with `log(scalars, step)` / `close()`; default: TensorBoard + JSONL in `log_dir`.
+        tensorboard: with the default loggers, write TensorBoard events too (False: history.jsonl only).
         progress: show a tqdm bar on a terminal (one line per epoch otherwise); False is silent.
         log_every_n_steps: progress-bar refresh interval; the only host sync in the training loop.
         limit_train_batches / limit_val_batches: use only the first N batches of each epoch / validation pass.
@@ -97,6 +98,7 @@ class Trainer:
         max_nonfinite_skips: int = 10,
         callbacks: Sequence[Callback] = (),
         loggers: Sequence[Any] | None = None,
+        tensorboard: bool = True,
         progress: bool = True,
         log_every_n_steps: int = 50,
         limit_train_batches: int | None = None,
@@ -138,6 +140,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.loggers = list(loggers) if loggers is not None else None
+        self.tensorboard = tensorboard
         self.progress = progress and is_main_process()  # one bar, on rank 0
         self.log_every_n_steps = log_every_n_steps
         self.limit_train_batches = limit_train_batches
@@ -464,7 +467,8 @@ class Trainer:
         # purge_step: after a resume, drop what a killed run logged past the checkpoint: the epochs
         # after the checkpoint's (their step is the epoch number) and any test line.
         purge = self.epoch + 1 if resumed else None
-        return [TensorBoardLogger(self.log_dir, purge_step=purge), JsonlLogger(self.log_dir / "history.jsonl", purge)]
+        jsonl = JsonlLogger(self.log_dir / "history.jsonl", purge)
+        return [TensorBoardLogger(self.log_dir, purge_step=purge), jsonl] if self.tensorboard else [jsonl]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

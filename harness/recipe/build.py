@@ -258,7 +258,8 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         grad_clip_norm=t.grad_clip_norm, grad_clip_value=t.grad_clip_value, on_nonfinite=t.on_nonfinite,
         max_nonfinite_skips=t.max_nonfinite_skips, callbacks=callbacks,
-        loggers=[] if run_dir is None else None, progress=t.progress, log_every_n_steps=t.log_every_n_steps,
+        loggers=[] if run_dir is None else None, tensorboard=recipe.logging.tensorboard, progress=t.progress,
+        log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=limits.train, limit_val_batches=limits.val, limit_test_batches=limits.test,
         compile=t.compile,
     )
