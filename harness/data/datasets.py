@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 
@@ -69,8 +69,40 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+Split = TypeVar("Split", bound="_SplitInMemory")
+
+
+class _SplitInMemory:
+    """What both in-memory split types share: `inputs` (one row per sample) and `targets`, the class
+    names, per-input normalisation stats; map-style indexing and `take`."""
+
+    inputs_field: ClassVar[str]  # the dataclass field holding the inputs
+    targets: torch.Tensor
+    classes: list[str]
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What a loader batches: the images or the feature vectors."""
+        return getattr(self, self.inputs_field)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], self.targets[i]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def take(self: Split, index: torch.Tensor) -> Split:
+        """The samples at `index` (e.g. one side of `train_val_split`), same classes and stats."""
+        return replace(self, **{self.inputs_field: self.inputs[index]}, targets=self.targets[index],
+                       classes=list(self.classes))
+
+
 @dataclass(eq=False)
-class ImageTensors:
+class ImageTensors(_SplitInMemory):
     """A whole image classification split in memory.
 
     `images` is uint8 (N, C, H, W) exactly as stored on disk; `targets` is int64 (N,).
@@ -78,34 +110,16 @@ class ImageTensors:
     Indexing gives `(image, target)`, so it also works as a map-style dataset.
     """
 
+    inputs_field: ClassVar[str] = "images"
     images: torch.Tensor
     targets: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.targets[i]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def inputs(self) -> torch.Tensor:
-        """What a loader batches: the images."""
-        return self.images
-
-    def take(self, index: torch.Tensor) -> ImageTensors:
-        """The samples at `index` (e.g. one side of `train_val_split`), same classes and stats."""
-        return ImageTensors(self.images[index], self.targets[index], list(self.classes), self.mean, self.std)
-
 
 @dataclass(eq=False)
-class FeatureTensors:
+class FeatureTensors(_SplitInMemory):
     """A whole tabular classification split in memory: one feature vector per sample, not an image.
 
     `features` is float32 (N, F), the values as the source gives them (not standardised); `targets`
@@ -114,30 +128,12 @@ class FeatureTensors:
     dataset.
     """
 
+    inputs_field: ClassVar[str] = "features"
     features: torch.Tensor
     targets: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features[i], self.targets[i]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def inputs(self) -> torch.Tensor:
-        """What a loader batches: the feature vectors."""
-        return self.features
-
-    def take(self, index: torch.Tensor) -> FeatureTensors:
-        """The samples at `index` (e.g. one side of `train_val_split`), same classes and stats."""
-        return FeatureTensors(self.features[index], self.targets[index], list(self.classes), self.mean, self.std)
 
 
 # The split types of the tensor path (TensorLoader): anything else goes through a DataLoader.
