@@ -1,6 +1,7 @@
 """Intervals and tests of harness.stats against independent oracles: scipy's exact binomial test for
 McNemar, the Wilson formula on known values and against a direct root-finding of its definition,
-scikit-learn for every bootstrapped metric, and a coverage check of the nominal 95 %."""
+scikit-learn for every bootstrapped metric, a coverage check of the nominal 95 %, scipy's Student t
+for the t interval, scipy's paired bootstrap, and statsmodels' Holm adjustment."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ from harness.stats import (
     batched_precision_recall_f1,
     bootstrap_ci,
     confmat_bootstrap,
+    holm_adjust,
     mcnemar_test,
     paired_bootstrap_ci,
+    paired_difference_ci,
+    student_t_cdf,
+    student_t_quantile,
+    t_interval,
     wilson_interval,
 )
 
@@ -134,3 +140,71 @@ def test_bad_input_is_refused() -> None:
         wilson_interval(1, 2, confidence=1.5)
     with pytest.raises(ValueError, match="same samples"):
         mcnemar_test(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_paired_difference_of_correctness_is_the_paired_accuracy_bootstrap() -> None:
+    # Bool correctness vectors give the interval paired_bootstrap_ci gives from the labels: the same resamples.
+    g = torch.Generator().manual_seed(7)
+    target = torch.randint(0, 10, (2000,), generator=g)
+    preds_a = torch.where(torch.rand(2000, generator=g) < 0.93, target, (target + 3) % 10)
+    preds_b = torch.where(torch.rand(2000, generator=g) < 0.90, target, (target + 1) % 10)
+    by_labels = paired_bootstrap_ci(Accuracy(10), preds_a, preds_b, target, n_resamples=300, seed=4)
+    by_correctness = paired_difference_ci(preds_a == target, preds_b == target, n_resamples=300, seed=4)
+    assert by_correctness == pytest.approx(by_labels, abs=1e-12)
+    # scipy's own paired percentile bootstrap (other random draws): the same interval within Monte Carlo error.
+    a, b = (preds_a == target).numpy().astype(float), (preds_b == target).numpy().astype(float)
+    scipy_ci = scipy.stats.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), paired=True,
+                                     method="percentile", n_resamples=4000, rng=np.random.default_rng(0)
+                                     ).confidence_interval
+    ours = paired_difference_ci(preds_a == target, preds_b == target, n_resamples=4000, seed=0)
+    assert ours == pytest.approx((scipy_ci.low, scipy_ci.high), abs=0.002)
+    assert paired_difference_ci(preds_a == target, preds_a == target) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same samples"):
+        paired_difference_ci(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 10, 29, 100, 1000, 2.5])
+def test_student_t_quantile_and_cdf_equal_scipy(df: float) -> None:
+    for p in (0.5, 0.6, 0.9, 0.95, 0.975, 0.995, 0.9995, 0.025, 1e-4):
+        assert student_t_quantile(p, df) == pytest.approx(scipy.stats.t.ppf(p, df), rel=1e-10, abs=1e-12)
+    for t in (-40.0, -2.3, -0.1, 0.0, 0.7, 1.96, 12.7, 300.0):
+        assert student_t_cdf(t, df) == pytest.approx(scipy.stats.t.cdf(t, df), rel=1e-10, abs=1e-14)
+
+
+@pytest.mark.parametrize("values", [[0.9871, 0.9880], [0.9737, 0.95, 1.0, 0.9565, 0.9783, 0.9333, 1.0, 0.9778,
+                                                       0.9556, 1.0], [3.0, 3.0, 3.0], list(range(30))])
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_t_interval_equals_scipy(values: list[float], confidence: float) -> None:
+    sem = scipy.stats.sem(values) if len(set(values)) > 1 else 0.0
+    if sem == 0.0:  # scipy gives NaN bounds for a zero scale; the interval is the point
+        expected = (float(np.mean(values)),) * 2
+    else:
+        expected = scipy.stats.t.interval(confidence, len(values) - 1, loc=np.mean(values), scale=sem)
+    assert t_interval(values, confidence) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_t_interval_needs_two_values() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        t_interval([0.98])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_holm_equals_statsmodels(seed: int) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 12))
+    p = rng.uniform(0, 0.1, m) ** rng.uniform(0.5, 3)  # many small, some equal after rounding
+    p = np.round(p, 3) if seed % 2 else p
+    reject, expected, _, _ = multipletests(p, alpha=0.05, method="holm")
+    adjusted = holm_adjust(p.tolist())
+    assert adjusted == pytest.approx(expected.tolist(), rel=1e-12, abs=0)
+    assert [a <= 0.05 for a in adjusted] == reject.tolist()
+
+
+def test_holm_on_a_worked_example() -> None:
+    # Holm (1979): sorted p 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 -> 0.04, 0.06, 0.06 (kept monotone), 0.06
+    assert holm_adjust([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm_adjust([0.5]) == [0.5] and holm_adjust([0.6, 0.7]) == [1.0, 1.0] and holm_adjust([]) == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.1, 1.5])

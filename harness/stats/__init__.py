@@ -1,4 +1,5 @@
-"""How sure a figure is: confidence intervals and paired significance tests (see `intervals`)."""
+"""How sure a figure is: confidence intervals and paired significance tests (`intervals`), the t
+interval over seeds or folds (`t_interval`), and the Holm adjustment for several tests (`multiple_testing`)."""
 
 from harness.stats.intervals import (
     batched_precision_recall_f1,
@@ -6,18 +7,26 @@ from harness.stats.intervals import (
     confmat_bootstrap,
     mcnemar_test,
     paired_bootstrap_ci,
+    paired_difference_ci,
     percentile_interval,
     resample_confmat,
     wilson_interval,
 )
+from harness.stats.multiple_testing import holm_adjust
+from harness.stats.t_interval import student_t_cdf, student_t_quantile, t_interval
 
 __all__ = [
     "batched_precision_recall_f1",
     "bootstrap_ci",
     "confmat_bootstrap",
+    "holm_adjust",
     "mcnemar_test",
     "paired_bootstrap_ci",
+    "paired_difference_ci",
     "percentile_interval",
     "resample_confmat",
+    "student_t_cdf",
+    "student_t_quantile",
+    "t_interval",
     "wilson_interval",
 ]

@@ -18,7 +18,9 @@ not over training seeds: that is a different question, answered by training agai
 - `confmat_bootstrap`: the same resampling when only the summed confusion matrix is known (after a
   distributed evaluation): drawing N samples with replacement from N samples is a multinomial draw
   over the matrix's cells with probabilities count / N.
-- `paired_bootstrap_ci`: the interval of metric(A) - metric(B) on the same resampled samples.
+- `paired_bootstrap_ci`: the interval of metric(A) - metric(B) on the same resampled samples;
+  `paired_difference_ci` the same for the mean of two per-sample scores (e.g. each model's
+  correctness as a bool tensor: the difference of their accuracies).
 - `mcnemar_test`: the exact two-sided binomial test on the discordant pairs (A right and B wrong,
   or the reverse): is one model more often right than the other on the same samples?
 """
@@ -169,6 +171,23 @@ def paired_bootstrap_ci(metric: Any, preds_a: Tensor, preds_b: Tensor, target: T
     difference = _resampled_values(metric, preds_a, target, indices) - \
         _resampled_values(metric, preds_b, target, indices)
     return _percentiles(difference, confidence)
+
+
+def paired_difference_ci(scores_a: Tensor, scores_b: Tensor, *, n_resamples: int = 1000,
+                         confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap interval of mean(A) - mean(B) over the same samples.
+
+    `scores_a`, `scores_b`: one value per sample, over the same samples in the same order: bool
+    correctness (the interval of the accuracy difference; the same resamples, hence the same
+    interval, as `paired_bootstrap_ci(Accuracy(...), preds_a, preds_b, target)` with this seed) or
+    any per-sample score. The resamples are drawn together (one gather), on the scores' device.
+    """
+    if scores_a.shape != scores_b.shape or scores_a.ndim != 1 or scores_a.shape[0] == 0:
+        raise ValueError(f"need two non-empty 1-D tensors over the same samples, got {tuple(scores_a.shape)} and "
+                         f"{tuple(scores_b.shape)}")
+    difference = scores_a.double() - scores_b.double()
+    indices = _resample_indices(difference.shape[0], n_resamples, seed, difference.device)
+    return _percentiles(difference[indices].mean(1), confidence)
 
 
 def resample_confmat(confmat: Tensor | list[list[int]], *, n_resamples: int = 1000, seed: int = 0) -> Tensor:
