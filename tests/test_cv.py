@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 from conftest import REPO, write_fake_mnist
 
@@ -93,6 +94,11 @@ def test_cv_end_to_end(tmp_path: Path, fake_mnist: Path, capsys: pytest.CaptureF
         assert result["mean"][name] == pytest.approx(statistics.fmean(values))
         assert result["std"][name] == pytest.approx(statistics.stdev(values))
         assert f"{result['mean'][name]:.4f} ± {result['std'][name]:.4f}" in out
+        # the 95 % t-interval of the mean over the 4 folds: scipy's, printed beside mean ± std
+        expected = scipy.stats.t.interval(0.95, 3, loc=statistics.fmean(values), scale=scipy.stats.sem(values))
+        assert result["t_interval"][name] == pytest.approx(expected, rel=1e-9)
+        (line,) = [line for line in out.splitlines() if line.startswith(f"{name} ")]
+        assert line.split()[-3:] == [f"{result['std'][name]:.4f}", f"[{expected[0]:.4f},", f"{expected[1]:.4f}]"]
     for f in result["per_fold"]:  # one TensorBoard run per fold, side by side; no checkpoints
         fold_dir = cv_dir / f"fold-{f['fold']}"
         events = EventAccumulator(str(fold_dir))
@@ -102,6 +108,7 @@ def test_cv_end_to_end(tmp_path: Path, fake_mnist: Path, capsys: pytest.CaptureF
         assert curve[-1].value == pytest.approx(f["metrics"]["val/acc"])
         assert not (fold_dir / "checkpoints").exists()
     assert (cv_dir / "config.yaml").is_file()
+    assert "folds are not independent" in out and "optimistic" in out and "optimistic" in result["interval_of"]
 
 
 @pytest.mark.parametrize("folds", ["1", "0", "21"])  # 21 > the 20 samples per class

@@ -10,9 +10,15 @@ would bias the estimate upwards.
 
     runs/<name>-cv/<time>/
         config.yaml     the resolved recipe
-        cv.json         per-fold metrics, their mean and sample standard deviation (ddof=1)
+        cv.json         per-fold metrics, their mean, sample standard deviation (ddof=1) and the
+                        95 % t-interval of the mean over folds
         fold-1/ ...     each fold's history.jsonl and TensorBoard events, side by side so
                         `tensorboard --logdir runs/<name>-cv/<time>` overlays the folds' curves
+
+The t-interval (mean ± t(0.975, K-1) · std / sqrt(K), `harness.stats.t_interval`) treats the K fold
+scores as independent measurements. They are not: any two folds' models share (K-2)/(K-1) of their
+training data, so the scores move together and the interval is optimistic (too narrow); the printed
+table says so. It describes the recipe trained on this much data, not a given model's test error.
 
 No checkpoints are written: fold models are measurements of the recipe, not models to keep (train
 the final model on all the data with `python -m harness.train`). `cross_validate(recipe, folds)`
@@ -48,8 +54,12 @@ from harness.recipe.data import is_loader, load_data_source
 from harness.recipe.parts import build_training, setup
 from harness.recipe.run_folder import CONFIG, check_run_parent, command_folder, write_config, write_json
 from harness.recipe.schema import Recipe, dump_yaml
+from harness.stats import t_interval
 
 CV_JSON = "cv.json"
+CONFIDENCE = 0.95  # of the t-interval over folds
+NOT_INDEPENDENT = ("the folds are not independent (their models share most of their training data): the "
+                   "t-interval treats them as if they were, so it is optimistic (too narrow)")
 
 
 def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = None,
@@ -62,11 +72,12 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
     Returns (and writes to cv.json, unless `trainer.fast_dev_run`) plain data::
 
         {"recipe", "folds", "seed", "cv_dir", "complete": true, "score": "last epoch", "std_of": "sample (ddof=1)",
+         "interval_of": "95 % t-interval of the mean over folds (optimistic: ...)",
          "per_fold": [{"fold": 1, "train_size" (the samples the fold trained on), "other_folds_size" (what
                        they were drawn from: more with data.train_size), "val_size", "epochs_run", "seconds",
                        "run_dir", "metrics": {"val/loss": ..., "val/acc": ...},
                        "best": {"monitor", "epoch", "value"}}, ...],
-         "mean": {"val/loss": ..., ..., "seconds": ...}, "std": {...}}
+         "mean": {"val/loss": ..., ..., "seconds": ...}, "std": {...}, "t_interval": {"val/loss": [low, high], ...}}
     """
     t = recipe.trainer
     if folds < 2:  # before any data is read; stratified_folds checks the upper bound
@@ -160,6 +171,9 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
         "per_fold": per_fold,
         "mean": {name: mean_std(values)[0] for name, values in columns.items()},
         "std": {name: mean_std(values)[1] for name, values in columns.items()},
+        "interval_of": f"{100 * CONFIDENCE:g} % t-interval of the mean over folds; {NOT_INDEPENDENT}",
+        "t_interval": {name: [*t_interval(values, CONFIDENCE)] for name, values in columns.items()
+                       if name != "seconds"},
     }
     print(format_cv(summary), flush=True)
     if cv_dir is not None:
@@ -216,16 +230,21 @@ def _finished_folds(cv_dir: Path, recipe: Recipe, folds: int) -> list[dict[str, 
 
 
 def format_cv(summary: dict[str, Any]) -> str:
-    """One row per metric, one column per fold, then mean ± sample std (ddof=1)."""
+    """One row per metric, one column per fold, then mean ± sample std (ddof=1) and the t-interval of
+    the mean, with a note that the folds are not independent."""
     per_fold = summary["per_fold"]
-    header = ["metric", *(f"fold {f['fold']}" for f in per_fold), "mean ± std (sample, ddof=1)"]
+    header = ["metric", *(f"fold {f['fold']}" for f in per_fold), "mean ± std (sample, ddof=1)",
+              f"{100 * CONFIDENCE:g} % t-interval"]
     rows = []
     for name, mean in summary["mean"].items():
         values = [f["metrics"][name] if name != "seconds" else f["seconds"] for f in per_fold]
         digits = 1 if name == "seconds" else 4
+        interval = summary["t_interval"].get(name)
         rows.append([name, *(f"{v:.{digits}f}" for v in values),
-                     f"{mean:.{digits}f} ± {summary['std'][name]:.{digits}f}"])
-    return format_table(header, rows)
+                     f"{mean:.{digits}f} ± {summary['std'][name]:.{digits}f}",
+                     f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "-"])
+    return (format_table(header, rows) + f"\n# t-interval: mean ± t({0.5 + CONFIDENCE / 2:g}, K-1) · std / sqrt(K) "
+            f"over the K={len(per_fold)} folds; {NOT_INDEPENDENT}")
 
 
 def _is_number(value: Any) -> bool:
