@@ -181,3 +181,19 @@ def best_pt_test_accuracy(run_dir: Path, data_root: Path) -> tuple[int, int]:
             correct += int((model(images).argmax(1) == target).sum())
             total += len(target)
     return correct, total
+
+
+def hparams_row(run_dir: Path) -> tuple[dict[str, object], list[str], set[str]]:
+    """A run folder's HParams row as TensorBoard's own reader gives it: (its hparams, the tags of its
+    metrics, every scalar tag the run logged), so a test can check that each metric names a scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = {tag: plugin_data_pb2.HParamsPluginData.FromString(data)
+               for tag, data in events.PluginTagToContent("hparams").items()}
+    info = content["_hparams_/session_start_info"].session_start_info
+    hparams = {name: getattr(value, value.WhichOneof("kind")) for name, value in info.hparams.items()}
+    metrics = [m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos]
+    return hparams, metrics, set(events.Tags()["scalars"])

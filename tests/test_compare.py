@@ -4,13 +4,15 @@ its files, and that its accuracy and macro-F1 are exactly `harness.evaluate`'s f
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 import yaml
-from conftest import REPO, write_fake_mnist
+from conftest import REPO, hparams_row, write_fake_mnist
 
 from harness.workflows.comparison import count_flops
 
@@ -32,8 +34,6 @@ def budget(tmp_path: Path, data: Path) -> list[str]:
 
 def test_compare_mlp_and_cnn_matches_evaluate(tmp_path: Path, fake_mnist: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from harness.compare import main
     from harness.recipe.schema import load_recipe
     from harness.workflows.evaluation import evaluate
@@ -51,9 +51,12 @@ def test_compare_mlp_and_cnn_matches_evaluate(tmp_path: Path, fake_mnist: Path,
         scores = evaluate(recipe, row["checkpoint"], "test", write=False, verbose=False)
         assert float(row["test_acc"]) == scores["accuracy"]  # the very same figures, not approximately
         assert float(row["test_macro_f1"]) == scores["averages"]["macro"]["f1"]
-        events = EventAccumulator(row["run_dir"])
-        events.Reload()
-        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        # The run's HParams row names its metrics by the tags of its own scalars, as train and sweep do.
+        hparams, metrics, scalars = hparams_row(Path(row["run_dir"]))
+        assert hparams == {"model": row["model"], "recipe": row["recipe"], "seed": float(row["seed"])}
+        assert metrics == ["val/loss", "val/acc", "val/f1", *(["val/top5"] * (row["model"] == "mnist")),
+                           "test/loss", "test/acc", "test/f1", *(["test/top5"] * (row["model"] == "mnist"))]
+        assert set(metrics) <= scalars and not any(tag.startswith("hparam") for tag in scalars)
     mlp = rows[0]
     assert int(mlp["params"]) == 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
     assert int(mlp["flops_per_sample"]) == 2 * (784 * 256 + 256 * 128 + 128 * 10)  # 2 FLOPs per multiply-add
@@ -67,11 +70,24 @@ def test_compare_mlp_and_cnn_matches_evaluate(tmp_path: Path, fake_mnist: Path,
     cell = f"{statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f}"
     (cnn_line,) = [line for line in out.splitlines() if line.startswith("mnist ") and "±" in line]
     assert cell in cnn_line
+    # ... and the 95 % t-interval of the mean over the two seeds, with a note on what it is about
+    low, high = scipy.stats.t.interval(0.95, 1, loc=statistics.fmean(accs), scale=scipy.stats.sem(accs))
+    assert f"{cell}  [{low:.4f}, {high:.4f}]" in cnn_line
+    assert "Seed variation is a different question from test-set sampling" in out
+    # The pairwise test compares the first seed's models; the seeds give the per-seed differences.
+    result = json.loads((compare_dir / "compare.json").read_text())
+    (pair,) = result["pairs"]
+    assert (pair["a"], pair["b"], pair["seed_a"], pair["seed_b"]) == ("mnist_mlp", "mnist", 0, 0)
+    assert pair["acc_a"] == float(rows[0]["test_acc"]) and pair["acc_b"] == float(rows[2]["test_acc"])
+    differences = [float(rows[0]["test_acc"]) - float(rows[2]["test_acc"]),
+                   float(rows[1]["test_acc"]) - float(rows[3]["test_acc"])]
+    assert pair["over_seeds"]["differences"] == pytest.approx(differences, abs=1e-12)
+    assert "the pairwise test compares one model per recipe, that of the first seed both finished (seed 0)" in out
     for heading in ("test acc", "macro-F1", "params", "FLOPs/sample", "train s", "infer samples/s", "p50 ms",
                     "peak mem MB"):
         assert heading in out
     markdown = (compare_dir / "compare.md").read_text()
-    assert "| model | test acc | macro-F1 |" in markdown and cell in markdown and "ddof=1" in markdown
+    assert "| model | test acc | test acc 95 % | macro-F1 |" in markdown and cell in markdown and "ddof=1" in markdown
     assert "peak mem: not measured on cpu" in markdown and "same 60 test samples of 10 classes" in markdown
 
     # A given checkpoint is scored as it is: no training, the same figures.
@@ -178,3 +194,88 @@ def test_a_failed_model_keeps_the_others_figures_and_exits_1(tmp_path: Path, fak
     assert "| exploding (1 of 1 failed) | - |" in markdown
     assert "failed: exploding seed 0: NonFiniteLossError" in markdown
     assert "1 of 2 runs failed" in captured.err and captured.err.count("error: ") == 1
+    assert "| exploding vs mnist_mlp | - |" in markdown and "not compared: exploding has no finished run" in markdown
+
+
+def digits_mlp(tmp_path: Path, name: str, lr: float) -> str:
+    """A small MLP on scikit-learn's bundled 8x8 digits (real data, no download), trained at `lr`."""
+    recipe = {"model": {"name": "mlp", "args": {"in_features": 64, "hidden": [32], "num_classes": 10}},
+              "data": {"name": "sklearn:digits", "batch_size": 64, "val_size": 137},
+              "optim": {"name": "adamw", "lr": lr}, "trainer": {"epochs": 3, "progress": False},
+              "logging": {"root": str(tmp_path / "runs")}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def right_by_hand(checkpoint: str, recipe_path: str) -> torch.Tensor:
+    """Which test samples a checkpoint gets right, from the model's argmax over the test split: no Trainer,
+    no metric, none of compare's code."""
+    from harness.recipe.data import build_data
+    from harness.recipe.schema import load_recipe
+    from harness.recipe.weights import load_checkpoint_model
+
+    recipe = load_recipe(recipe_path)
+    model, _, _ = load_checkpoint_model(recipe, checkpoint)
+    with torch.no_grad():
+        return torch.cat([model(x).argmax(1) == y for x, y in build_data(recipe.data, torch.device("cpu"), 0).test])
+
+
+def test_pairs_a_clearly_better_model_and_two_identical_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             one_thread: None) -> None:
+    """Three models on the 360 real digits test images: one trained (~95 %), one barely moved from its
+    initial weights (lr 1e-6), and a second copy of the trained one (the same recipe and seed: the same
+    weights). The verdicts, p-values and intervals are checked against scipy, statsmodels and predictions
+    counted by hand."""
+    pytest.importorskip("sklearn")
+    from statsmodels.stats.multitest import multipletests
+
+    from harness.compare import main
+    from harness.stats import paired_difference_ci
+
+    good, bad = digits_mlp(tmp_path, "trained", 1e-2), digits_mlp(tmp_path, "untrained", 1e-6)
+    assert main([good, bad, good]) == 0
+    out = capsys.readouterr().out
+    (compare_dir,) = (tmp_path / "runs" / "compare").iterdir()
+    result = json.loads((compare_dir / "compare.json").read_text())
+    runs = {r["model"]: r for r in result["runs"]}
+    assert list(runs) == ["trained", "untrained", "trained-2"]
+    assert runs["trained"]["test_acc"] > 0.9 and runs["untrained"]["test_acc"] < 0.5
+    right = {label: right_by_hand(run["checkpoint"], run["recipe"]) for label, run in runs.items()}
+    assert all(int(right[label].sum()) == round(runs[label]["test_acc"] * 360) for label in runs)
+    assert torch.equal(right["trained"], right["trained-2"])  # the same weights: every sample alike
+
+    pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
+    assert list(pairs) == [("trained", "untrained"), ("trained", "trained-2"), ("untrained", "trained-2")]
+    for (a, b), pair in pairs.items():
+        only_a, only_b = int((right[a] & ~right[b]).sum()), int((right[b] & ~right[a]).sum())
+        assert (pair["only_a_right"], pair["only_b_right"], pair["samples"]) == (only_a, only_b, 360)
+        assert pair["difference"] == pytest.approx(runs[a]["test_acc"] - runs[b]["test_acc"], abs=1e-12)
+        expected_p = scipy.stats.binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+        assert pair["p_value"] == pytest.approx(expected_p, rel=1e-9, abs=0)  # abs=0: p-values near 1e-89 count
+        assert pair["interval"] == pytest.approx(list(paired_difference_ci(right[a], right[b], seed=0)), abs=1e-12)
+        assert pair["interval"][0] <= pair["difference"] <= pair["interval"][1]
+    _, holm, _, _ = multipletests([p["p_value"] for p in pairs.values()], method="holm")
+    assert [p["p_holm"] for p in pairs.values()] == pytest.approx(holm.tolist(), rel=1e-9, abs=0)
+
+    clear = pairs[("trained", "untrained")]
+    assert clear["p_holm"] < 1e-3 and clear["interval"][0] > 0.3
+    assert clear["verdict"] == "trained better, p < 0.001"
+    same = pairs[("trained", "trained-2")]
+    assert same["difference"] == 0 and same["p_value"] == same["p_holm"] == 1.0 and same["interval"] == [0.0, 0.0]
+    assert same["verdict"] == "no significant difference (p = 1)"
+    assert pairs[("untrained", "trained-2")]["verdict"] == "trained-2 better, p < 0.001"
+
+    (line,) = [line for line in out.splitlines() if line.startswith("trained vs untrained ")]
+    assert "< 0.001" in line and line.endswith("trained better, p < 0.001")
+    assert "Holm p" in out and "over the 3 pairs tested" in out
+    markdown = (compare_dir / "compare.md").read_text()
+    assert "| trained vs trained-2 | +0.0000 | [+0.0000, +0.0000] | 0 | 0 | 1 | 1 | no significant difference" \
+        in markdown
+    # The same tables in TensorBoard's TEXT tab of the comparison folder.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(compare_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = events.Tensors("compare/text_summary")
+    assert text.tensor_proto.string_val[0].decode() == markdown.rstrip("\n")

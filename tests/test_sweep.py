@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_fake_mnist
+from conftest import REPO, hparams_row, write_fake_mnist
 
 from harness.errors import HarnessError
 from harness.workflows.search import OptunaPruning, Range, grid_trials, parse_grid, parse_range, random_trials
@@ -35,18 +35,6 @@ def read_csv(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def hparams_of(run_dir: Path) -> dict[str, object]:
-    """The hparams TensorBoard's HPARAMS tab shows for a run, read back with TensorBoard's own reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {name: getattr(value, value.WhichOneof("kind")) for name, value in info.hparams.items()}
-
-
 def test_grid_runs_every_trial_ranked_by_the_monitor(tmp_path: Path, fake_mnist: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from harness.sweep import main
@@ -68,7 +56,12 @@ def test_grid_runs_every_trial_ranked_by_the_monitor(tmp_path: Path, fake_mnist:
         assert config["optim"]["lr"] == float(row["optim.lr"]) and config["optim"]["name"] == row["optim.name"]
         assert summary["best_value"] == pytest.approx(float(row["val/acc"]))
         assert summary["test"] is None and summary["test_covers"] == "not tested"  # no trial tests while choosing
-        assert hparams_of(run_dir) == {"optim.lr": float(row["optim.lr"]), "optim.name": row["optim.name"]}
+        # Its HParams row: the swept values, and metrics named by the tags of the trial's own scalars, as in
+        # train and compare (no test/: trials are not tested).
+        hparams, metrics, scalars = hparams_row(run_dir)
+        assert hparams == {"optim.lr": float(row["optim.lr"]), "optim.name": row["optim.name"]}
+        assert metrics == ["val/loss", "val/acc", "val/f1"] and set(metrics) <= scalars
+        assert not any(tag.startswith("hparam") for tag in scalars)
     # Only the chosen trial touches the test split, once, after the search: its best.pt, scored by evaluate.
     chosen = Path(rows[0]["run_dir"])
     (tested,) = [Path(r["run_dir"]) for r in rows if list(Path(r["run_dir"]).glob("eval-*.json"))]

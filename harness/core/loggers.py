@@ -82,7 +82,7 @@ def _whole_lines(path: Path) -> list[str]:
 
 
 class TensorBoardLogger:
-    """Scalars (and the odd image or hparams row) to TensorBoard event files: view them with
+    """Scalars (and the odd image, text or HParams row) to TensorBoard event files: view them with
     `tensorboard --logdir runs`. The one place in the harness that opens a SummaryWriter."""
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None, filename_suffix: str = "") -> None:
@@ -113,7 +113,11 @@ class TensorBoardLogger:
 
     def run_hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
         """This run's row of the HPARAMS tab, in its own folder: `hparams` (values that are not a number,
-        string or bool are written as text) and the scalar tags whose last values are its metrics."""
+        string or bool are written as text) and the scalar tags whose last values are its metrics.
+
+        The one way the harness writes HParams: a metric is named by the tag of the scalar it shows
+        (`val/acc`, `test/loss`), never by a copy under another name (`add_hparams` would write each
+        value again as a scalar, in a sub-folder of its own)."""
         from torch.utils.tensorboard.summary import hparams as hparams_summaries  # noqa: PLC0415  (as above)
 
         plain = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -128,10 +132,6 @@ class TensorBoardLogger:
     def image(self, tag: str, image: Any, step: int) -> None:
         """An (H, W, 3) uint8 array, e.g. a rendered figure."""
         self.writer.add_image(tag, image, global_step=step, dataformats="HWC")
-
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], run_name: str) -> None:
-        """One row of TensorBoard's HPARAMS tab, written into the sub-folder `run_name`."""
-        self.writer.add_hparams(hparams, metrics, run_name=run_name)
 
     def close(self) -> None:
         self.writer.close()

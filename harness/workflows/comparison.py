@@ -20,16 +20,28 @@ model and data (`harness.recipe.weights.check_same_data`, shared with `evaluate`
 - inference with `harness.core.speed.measure_inference`: latency p50 / p95 at batch 1, samples/s at
   `data.eval_batch_size`; measured once per model (its first finished run): speed does not depend on the seed.
 
-`--seeds 0,1,2` trains each recipe once per seed and reports mean ± sample std (ddof=1).
+`--seeds 0,1,2` trains each recipe once per seed and reports mean ± sample std (ddof=1) and the 95 %
+t-interval of the mean over the seeds (`harness.stats.t_interval`); with one seed, the test accuracy's
+95 % Wilson interval over the test samples instead. The two answer different questions: how much the
+recipe's result moves when it is trained again, and how sure one model's figure is given the test sample.
+
+Every pair of models is then compared on the same test samples (`harness.workflows.pairwise`): the
+accuracy difference with its paired-bootstrap 95 % interval, McNemar's exact p-value (Holm-adjusted
+over the pairs when more than two models are compared) and a verdict. It needs which test samples each
+model gets right: after `evaluate`, one more pass of the model over the test split keeps that as a bool
+tensor on the device (no per-sample Python), and its count of right answers must equal `evaluate`'s.
 
 A run that fails (a non-finite loss, an error) is marked failed in the table and the others go on;
 the command then exits 1. compare.csv and compare.md are rewritten, atomically, as each run finishes.
 
     runs/compare/<time>/
-        compare.md       the table and what each column means
+        compare.md       the tables (models, pairs) and what each column means
         compare.csv      one row per model and seed, with its status (params, FLOPs, speed: in one row per model)
-        <model>-seed<s>/ each training run's folder (config.yaml, summary.json, checkpoints),
-                         with a TensorBoard hparams entry: `tensorboard --logdir runs/compare/<time>`
+        compare.json     everything: the models' rows and aggregates, every pair's test, the notes
+        events.out.tfevents.*  the tables as TensorBoard text (TEXT tab), with logging.tensorboard
+        <model>-seed<s>/ each training run's folder (config.yaml, summary.json, checkpoints, TensorBoard),
+                         whose HParams row holds model, recipe and seed and, as its metrics, the run's
+                         val/ and test/ scalars under their own tags: `tensorboard --logdir runs/compare/<time>`
 
 `compare(recipe_paths, ...)` is the same thing from Python and returns that data.
 """
@@ -51,17 +63,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from harness.core.checkpoint import atomic_save
+from harness.core.device import move_to_device
 from harness.core.loggers import TensorBoardLogger
 from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
 from harness.errors import HarnessError, Interrupted
+from harness.metrics.functional import to_labels
 from harness.metrics.report import format_table, mean_std
 from harness.recipe.build import build_model, check_monitors
 from harness.recipe.data import SplitIdentity, build_data, check_same_test_split, identify_test_split
-from harness.recipe.parts import setup
-from harness.recipe.run_folder import best_checkpoint, last_checkpoint, new_run_folder, run_name
+from harness.recipe.parts import build_evaluation, setup
+from harness.recipe.run_folder import best_checkpoint, last_checkpoint, new_run_folder, run_name, write_json
 from harness.recipe.schema import Recipe, load_recipe
 from harness.recipe.weights import check_same_data, load_checkpoint_model
+from harness.stats import t_interval, wilson_interval
 from harness.workflows.evaluation import evaluate
+from harness.workflows.pairwise import CONFIDENCE, pairs_notes, pairs_table_rows, pairwise
 from harness.workflows.training import Run
 
 COLUMNS = {  # csv field -> table heading
@@ -107,8 +123,10 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
     marked failed and the others go on; the table is rewritten as each run finishes.
 
     Returns {"compare_dir", "seeds", "device", "memory", "test_split", "models": [one dict per model:
-    label, recipe, seeds, failed, and per column its mean and std], "runs": [one dict per model and seed,
-    with "status" ("done" | "failed") and "error"], "failed": [the failed runs]}.
+    label, recipe, seeds, failed, per column its mean and std, and "test_acc_interval": {"method", "low",
+    "high"}], "runs": [one dict per model and seed, with "status" ("done" | "failed") and "error"],
+    "pairs": [one dict per pair of models, `harness.workflows.pairwise.pairwise`], "failed": [the failed runs]}
+    (compare.json holds the same, with the printed notes).
     """
     if not recipe_paths:
         raise HarnessError("give at least one recipe to compare")
@@ -165,9 +183,10 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
                               "memory": _memory_note(device), "planned": len(jobs),
                               "test_split": {"samples": test_split.size, "classes": list(test_split.classes),
                                              "sha256": test_split.fingerprint},
-                              "models": [], "runs": [], "failed": []}
+                              "models": [], "runs": [], "pairs": [], "failed": []}
     runs: list[dict[str, Any]] = result["runs"]
-    writer = _writer(compare_dir) if first.logging.tensorboard else None
+    correct: dict[str, dict[int | None, torch.Tensor]] = {}  # model -> seed -> which test samples it gets right
+    writer = TensorBoardLogger(compare_dir) if first.logging.tensorboard else None
     bar = tqdm(total=len(jobs), desc="models", unit="run", disable=not (first.trainer.progress and sys.stderr.isatty()))
     try:
         for label, path, seed in jobs:
@@ -178,7 +197,10 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
             row["run_dir"] = str(run_dir) if run_dir is not None else None
             measure = not any(r["model"] == label and r["params"] is not None for r in runs)
             try:
-                row.update(_run_one(recipe, path, run_dir, checkpoints.get(label), device, example, measure))
+                figures, right = _run_one(recipe, path, run_dir, checkpoints.get(label), device, example, measure,
+                                          hparams={"model": label, "recipe": str(path), "seed": seed})
+                row.update(figures)
+                correct.setdefault(label, {})[seed] = right
             except (TrainingInterrupted, Interrupted, KeyboardInterrupt):
                 raise
             except Exception as e:  # any error (one model's failure must not lose the others' figures)
@@ -191,15 +213,16 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
                 bar.write(f"{label}" + (f" seed {seed}" if seed is not None else "") + f": failed: {row['error']}",
                           file=sys.stderr)
             else:
-                if writer is not None:
-                    _add_hparams(writer, row, run_dir.name if run_dir is not None else f"{label}-checkpoint")
                 bar.write(f"{label}" + (f" seed {seed}" if seed is not None else f" ({row['checkpoint']})")
                           + f": test acc {row['test_acc']:.4f}  macro-F1 {row['test_macro_f1']:.4f}",
                           file=sys.stdout)
-            result["models"] = [_aggregate(m, [r for r in runs if r["model"] == m]) for m in labels
+            result["models"] = [_aggregate(m, [r for r in runs if r["model"] == m], test_split.size) for m in labels
                                 if any(r["model"] == m for r in runs)]
+            result["pairs"] = pairwise(labels, correct, seeds)
             _write_tables(compare_dir, result)  # as each run finishes: an interruption loses no finished figure
             bar.update()
+        if writer is not None:  # the finished tables in TensorBoard's TEXT tab
+            writer.text("compare", format_compare(result, markdown=True))
     finally:
         bar.close()
         if writer is not None:
@@ -211,19 +234,25 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
 
 
 def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint: Path | None, device: torch.device,
-             example: torch.Tensor, measure: bool) -> dict[str, Any]:
-    """Train one model in `run_dir` (or take `checkpoint` as it is), score it on the test split, measure it."""
+             example: torch.Tensor, measure: bool, hparams: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    """Train one model in `run_dir` (or take `checkpoint` as it is), score it on the test split, measure it.
+    Returns its figures and which test samples it gets right (`test_correctness`)."""
     row: dict[str, Any] = {}
     if checkpoint is None:
         assert run_dir is not None
         exact = _reset_peak_memory(device)
-        summary = Run(recipe, path, run_dir=run_dir, verbose=False).execute()
+        summary = Run(recipe, path, run_dir=run_dir, verbose=False, hparams=hparams).execute()
         row.update(train_seconds=summary["fit_seconds"], peak_mem_mb=_peak_memory_mb(device) if exact else None)
         best = best_checkpoint(run_dir)
         checkpoint = best if best.is_file() else last_checkpoint(run_dir)
     scores = evaluate(recipe, checkpoint, "test", speed=measure, write=False, verbose=False)
     row.update(checkpoint=str(checkpoint), test_acc=scores["accuracy"],
                test_macro_f1=scores["averages"]["macro"]["f1"], test_loss=scores["loss"])
+    right = test_correctness(recipe, checkpoint)
+    counted = sum(scores["confusion_matrix"][i][i] for i in range(len(scores["confusion_matrix"])))
+    if right.shape[0] != scores["num_samples"] or int(right.sum()) != counted:  # the same predictions, or a bug
+        raise RuntimeError(f"{checkpoint}: the per-sample pass got {int(right.sum())} of {right.shape[0]} test samples "
+                           f"right, evaluate {counted} of {scores['num_samples']}")
     if measure:  # architecture and speed figures: measured once per model, with its first finished run
         speed = scores["speed"]
         one, big = speed["batches"][0], speed["batches"][-1]  # batch 1, data.eval_batch_size
@@ -231,11 +260,31 @@ def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint:
         row.update(params=speed["num_parameters"], flops_per_sample=count_flops(fresh, example),
                    infer_batch=big["batch_size"], infer_samples_per_s=big["throughput_samples_per_s"],
                    latency_p50_ms=one["latency_ms"]["p50"], latency_p95_ms=one["latency_ms"]["p95"])
-    return row
+    return row, right
+
+
+def test_correctness(recipe: Recipe, checkpoint: str | Path) -> torch.Tensor:
+    """Which test samples `checkpoint` classifies right, in the test split's order: a bool tensor on the device.
+
+    The model, weights (raw or EMA), data, precision and `validation_step` are `evaluate`'s
+    (`build_evaluation`), and the labels are the metrics' (`to_labels`), so the count of True equals
+    the diagonal of `evaluate`'s confusion matrix. One comparison per batch; nothing leaves the device.
+    """
+    env = setup(recipe)
+    parts = build_evaluation(recipe, env, checkpoint, "test", lambda num_classes: {})
+    evaluator, num_classes = parts.evaluator, parts.data.num_classes
+    evaluator.model.eval()
+    right = []
+    with torch.no_grad():
+        for batch in parts.loader:
+            with evaluator.autocast():
+                _, preds, target = evaluator.validation_step(move_to_device(batch, env.device))
+            right.append(to_labels(preds, num_classes) == target)
+    return torch.cat(right)
 
 
 def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
-    """The table (one row per model; mean ± sample std over seeds) and the notes on its columns."""
+    """The models' table (one row per model; mean ± sample std over seeds), the pairs' table, and the notes."""
     digits = {"test_acc": 4, "test_macro_f1": 4, "train_seconds": 1, "infer_samples_per_s": 0,
               "latency_p50_ms": 3, "latency_p95_ms": 3, "peak_mem_mb": 0}
     rows = []
@@ -251,13 +300,26 @@ def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
             else:
                 d = digits[key]
                 cells.append(f"{mean:,.{d}f}" + (f" ± {std:,.{d}f}" if not math.isnan(std) else ""))
+            if key == "test_acc":
+                interval = model["test_acc_interval"]
+                cells.append("-" if interval is None else f"[{interval['low']:.4f}, {interval['high']:.4f}]")
         rows.append(cells)
-    table = format_table(["model", *COLUMNS.values()], rows, markdown=markdown)
+    headings = [*COLUMNS.values()]
+    headings.insert(1, f"test acc {100 * CONFIDENCE:g} %")
+    table = format_table(["model", *headings], rows, markdown=markdown)
+    pair_header, pair_rows = pairs_table_rows(result["pairs"])
+    pairs = format_table(pair_header, pair_rows, markdown=markdown) if pair_rows else ""
     batch = next((r["infer_batch"] for r in result["runs"] if r["infer_batch"] is not None), "-")
     split = result["test_split"]
+    several = len(result["seeds"]) > 1
     notes = [
-        f"seeds {result['seeds']}; ± is the sample std (ddof=1) over the seeds that finished"
-        if len(result["seeds"]) > 1 else f"seed {result['seeds'][0]}",
+        f"seeds {result['seeds']}; ± is the sample std (ddof=1) over the seeds that finished, and test acc "
+        f"{100 * CONFIDENCE:g} % the t-interval of the mean over them (a model scored from --checkpoint: "
+        "Wilson, over its test samples). Seed variation is a different question from test-set sampling: "
+        "these say how much a recipe's result moves when it is trained again, not how sure one model's "
+        "figure is given the test sample (the Wilson interval and the pairs' tests)"
+        if several else f"seed {result['seeds'][0]}; test acc {100 * CONFIDENCE:g} %: the Wilson score interval "
+        "over the test samples (how sure the figure is given the test sample; training again moves it too)",
         f"test acc / macro-F1: harness.evaluate on the test split (best.pt, else last.pt); every model on the same "
         f"{split['samples']} test samples of {len(split['classes'])} classes (sha256 {split['sha256'][:12]})",
         "FLOPs/sample: FlopCounterMode, one forward pass of a batch of 1 (matmul/conv; 2 per multiply-add)",
@@ -266,11 +328,13 @@ def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
     ]
     notes += [f"failed: {r['model']}" + (f" seed {r['seed']}" if r["seed"] is not None else "") + f": {r['error']}"
               for r in result["failed"]]
+    notes += pairs_notes(result["pairs"], result["seeds"])
     if len(result["runs"]) < result["planned"]:
         notes.append(f"{len(result['runs'])} of {result['planned']} runs finished so far")
     if markdown:
-        return "# compare\n\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes)
-    return table + "\n" + "\n".join(f"# {n}" for n in notes)
+        return ("# compare\n\n" + table + ("\n\n" + pairs if pairs else "") + "\n\n"
+                + "\n".join(f"- {n}" for n in notes))
+    return table + ("\n\n" + pairs if pairs else "") + "\n" + "\n".join(f"# {n}" for n in notes)
 
 
 def _labels(recipes: list[Any], paths: Sequence[str | Path]) -> list[str]:
@@ -285,13 +349,21 @@ def _labels(recipes: list[Any], paths: Sequence[str | Path]) -> list[str]:
     return labels
 
 
-def _aggregate(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _aggregate(label: str, runs: list[dict[str, Any]], samples: int) -> dict[str, Any]:
     done = [r for r in runs if r["status"] == "done"]
     model: dict[str, Any] = {"label": label, "recipe": runs[0]["recipe"], "seeds": [r["seed"] for r in done],
                              "failed": [r["seed"] for r in runs if r["status"] != "done"]}
     for key in COLUMNS:
         values = [r[key] for r in done if r[key] is not None]
         model[key] = mean_std(values) if values else (None, math.nan)
+    accs = [r["test_acc"] for r in done]
+    model["test_acc_interval"] = None
+    if len(accs) > 1:  # over the seeds: how much the recipe's result moves when trained again
+        low, high = t_interval(accs, CONFIDENCE)
+        model["test_acc_interval"] = {"method": f"t-interval over {len(accs)} seeds", "low": low, "high": high}
+    elif accs:  # one model: over the sampling of the test set
+        low, high = wilson_interval(round(accs[0] * samples), samples, CONFIDENCE)
+        model["test_acc_interval"] = {"method": f"Wilson score over {samples} test samples", "low": low, "high": high}
     return model
 
 
@@ -325,14 +397,6 @@ def _write_tables(folder: Path, result: dict[str, Any]) -> None:
     out.writerows(result["runs"])
     atomic_save(text.getvalue().encode(), folder / "compare.csv", raw=True)
     atomic_save((format_compare(result, markdown=True) + "\n").encode(), folder / "compare.md", raw=True)
+    write_json(folder / "compare.json", {**result, "table": format_compare(result)})
 
 
-def _writer(folder: Path) -> TensorBoardLogger:
-    return TensorBoardLogger(folder)
-
-
-def _add_hparams(writer: TensorBoardLogger, row: dict[str, Any], run_name: str) -> None:
-    hparams = {"model": row["model"], "recipe": row["recipe"], "seed": -1 if row["seed"] is None else row["seed"]}
-    # "hparam/" tags, so that a run's own test/acc curve gains no extra point.
-    metrics = {f"hparam/{key}": float(row[key]) for key in COLUMNS if row[key] is not None}
-    writer.hparams(hparams, metrics, run_name=run_name)

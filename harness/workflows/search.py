@@ -20,7 +20,9 @@ choosing, and the table shows test figures for the chosen trial only.
         sweep.csv       one row per trial, best first: swept values, monitored value, seconds, run
                         folder, and the chosen trial's test figures (rewritten atomically after every trial)
         trial-001/ ...  each trial's run folder (config.yaml, summary.json, checkpoints, TensorBoard),
-                        plus its hparams entry: `tensorboard --logdir runs/<name>-sweep/<time>`, HPARAMS tab
+                        whose HParams row holds the swept values and, as its metrics, the trial's
+                        val/ scalars under their own tags (the last epoch's values; sweep.csv ranks by
+                        the best epoch's): `tensorboard --logdir runs/<name>-sweep/<time>`, HPARAMS tab
 
 A trial whose loss turns non-finite is recorded as `diverged` and the sweep goes on. An Optuna
 trial the pruner stops before its last epoch is `pruned`; one that trained to its last epoch is `done`
@@ -47,7 +49,6 @@ from tqdm import tqdm
 
 from harness.core.callbacks import Callback
 from harness.core.checkpoint import atomic_save
-from harness.core.loggers import TensorBoardLogger
 from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
 from harness.errors import HarnessError, Interrupted
 from harness.metrics.report import format_table
@@ -202,7 +203,6 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
     print(f"sweep: {method}, {total} trials of {recipe_path} over {', '.join(keys)}; ranked by {t.monitor} ({t.mode}); "
           f"folder {sweep_dir or '(none: fast_dev_run)'}", flush=True)
     rows: list[dict[str, Any]] = []
-    writer = _HparamsWriter(sweep_dir) if sweep_dir is not None and base.logging.tensorboard else None
     bar = tqdm(total=total, desc="trials", unit="trial", disable=not (t.progress and sys.stderr.isatty()))
 
     def run_trial(values: dict[str, Any], optuna_trial: Any = None) -> dict[str, Any]:
@@ -211,8 +211,10 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
         recipe = recipe_for(values)
         pruning = None if optuna_trial is None else OptunaPruning(optuna_trial, t.monitor, epochs_to_run(recipe))
         # test=False: no trial sees the test split while the search chooses; the chosen one is tested after.
+        # Its HParams row: the swept values (a value equal to the default would be missing from the recipe's
+        # changed keys), and its val/ scalars as metrics.
         run = Run(recipe, recipe_path, run_dir=trial_dir, callbacks=[pruning] if pruning else [], verbose=False,
-                  test=False)
+                  test=False, hparams=values)
         row: dict[str, Any] = {"rank": None, "trial": number, "status": "done", "values": values, "value": None,
                                "best_epoch": None, "test": {}, "seconds": None,
                                "run_dir": str(trial_dir) if trial_dir else None}
@@ -232,8 +234,6 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
         bar.update()
         if sweep_dir is not None:
             _write_csv(sweep_dir / "sweep.csv", rank_trials(rows, t.mode), keys, t.monitor)
-            if writer is not None and row["value"] is not None:
-                writer.add(row, t.monitor)
         return row
 
     try:
@@ -251,8 +251,6 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
         raise
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
     ranked = rank_trials(rows, t.mode)
     chosen = next((row for row in ranked if row["status"] == "done" and row["value"] is not None), None)
     tested = None
@@ -373,23 +371,6 @@ def _optuna_search(n: int, ranges: dict[str, Range], choices: dict[str, list[Any
         return math.nan if row["value"] is None else row["value"]  # NaN: Optuna records a failed trial
 
     study.optimize(objective, n_trials=n)
-
-
-class _HparamsWriter:
-    """One `add_hparams` entry per trial, written into the trial's own folder so the HPARAMS tab links
-    each row to that trial's curves."""
-
-    def __init__(self, sweep_dir: Path) -> None:
-        self.writer = TensorBoardLogger(sweep_dir)
-
-    def add(self, row: dict[str, Any], monitor: str) -> None:
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in row["values"].items()}
-        # "hparam/" tags: the trial's own val/acc curve must not gain a point at step 0.
-        metrics = {f"hparam/{monitor}": row["value"], "hparam/seconds": row["seconds"]}  # no test: not run
-        self.writer.hparams(hparams, metrics, run_name=Path(row["run_dir"]).name)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def _write_csv(path: Path, ranked: list[dict[str, Any]], keys: list[str], monitor: str) -> None:

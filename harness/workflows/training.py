@@ -15,7 +15,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,14 @@ class Run:
     `callbacks` are added to the Trainer's (a sweep's pruning); `verbose=False` prints only what
     the Trainer prints (no resolved recipe, no test line); `test=False` fits without the final test
     (a sweep's trials: only the chosen one is scored on the test split, afterwards), and the summary's
-    "test" is then None.
+    "test" is then None. `hparams`: the keys of the run's HParams row (a sweep's swept values, a
+    comparison's model and seed); None: the recipe's keys that differ from the defaults.
     """
 
     def __init__(self, recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None,
                  trainer_class: type[Trainer] = Trainer, run_dir: str | Path | None = None,
-                 callbacks: Sequence[Callback] = (), verbose: bool = True, test: bool = True) -> None:
+                 callbacks: Sequence[Callback] = (), verbose: bool = True, test: bool = True,
+                 hparams: Mapping[str, Any] | None = None) -> None:
         self.recipe = recipe
         self.recipe_path = Path(recipe_path) if recipe_path is not None else None
         self.resume = Path(resume) if resume is not None else None
@@ -75,6 +77,7 @@ class Run:
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.test = test
+        self.hparams = hparams
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
         self.trainer: Trainer | None = None
         self.data: Data | None = None
@@ -102,8 +105,7 @@ class Run:
             return finished
         try:
             faults.reached("run:building")
-            # A sweep or a comparison gives the run folder and writes the HParams row itself.
-            dashboard = Dashboard(recipe, hparams=not given_folder)
+            dashboard = Dashboard(recipe, self.hparams, tested=self.test)
             parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
                                    resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
                                    callbacks=[*self.callbacks, dashboard])
@@ -242,12 +244,18 @@ class Run:
 class Dashboard(Callback):
     """TensorBoard as a dashboard, written once when a run starts (not again on a resume): the custom-scalars
     layout (train and validation loss on one chart, each validation metric, the learning rate, the
-    throughput), the resolved recipe as text, and the run's HParams row (the keys that differ from the
-    schema's defaults; its metrics are the final validation and test scalars) unless `hparams=False`."""
+    throughput), the resolved recipe as text, and the run's HParams row.
 
-    def __init__(self, recipe: Recipe, hparams: bool = True) -> None:
+    The HParams row: `hparams` (None: the recipe's keys that differ from the schema's defaults) and, as
+    its metrics, the run's validation scalars and, when the run is `tested`, its test scalars, under the
+    very tags of those scalars (`val/acc`, `test/loss`, ...): TensorBoard shows each one's last logged
+    value, so the row holds no copy of a figure and the curves gain no extra point. Train, sweep and
+    compare all write their rows here, so one name means one figure in every HParams tab."""
+
+    def __init__(self, recipe: Recipe, hparams: Mapping[str, Any] | None = None, tested: bool = True) -> None:
         self.recipe = recipe
-        self.hparams = hparams
+        self.hparams = dict(hparams) if hparams is not None else None
+        self.tested = tested
         self.validates = True  # whether the run has validation data: set once the data is built
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -266,10 +274,9 @@ class Dashboard(Callback):
         charts["throughput (training samples/s)"] = ["samples_per_s"]
         logger.layout(charts)
         logger.text("recipe", "    " + dump_yaml(self.recipe).rstrip("\n").replace("\n", "\n    "))
-        tested = ["test/loss", *(f"test/{name.removeprefix('val/')}" for name in metrics)]
+        tested = ["test/loss", *(f"test/{name.removeprefix('val/')}" for name in metrics)] if self.tested else []
         validated = [name for name in names if name.startswith("val/")]
-        if self.hparams:
-            logger.run_hparams(changed_keys(self.recipe), [*validated, *tested])
+        logger.run_hparams(changed_keys(self.recipe) if self.hparams is None else self.hparams, [*validated, *tested])
 
 
 def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
