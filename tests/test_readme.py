@@ -85,6 +85,48 @@ def check_blobs(ns: dict[str, Any]) -> None:
         torch.testing.assert_close(centre, torch.full((2,), 2.0 * k), atol=0.1, rtol=0)
 
 
+def check_run_folder_example(ns: dict[str, Any]) -> None:
+    """The Python run folder: the files the training command writes (bar config.yaml), the best epoch by
+    history.jsonl's val/loss in best.pt, and its test accuracy recounted here from best.pt's weights."""
+    import copy
+    import json
+
+    from harness.core.checkpoint import read_checkpoint
+
+    run_dir, summary = ns["run_dir"], ns["summary"]
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"history.jsonl", "summary.json", "checkpoints"} <= names and any(n.startswith("events.") for n in names)
+    epochs = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()][:-1]
+    best = min(epochs, key=lambda h: h["val/loss"])
+    assert (summary["best_epoch"], summary["best_value"]) == (best["epoch"], best["val/loss"])
+    assert [h["lr"] for h in epochs[:2]] == [1e-2, 1e-2]  # StepLR: halves only after 20 epochs
+    state = read_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert state["epoch"] == best["epoch"]
+    model = copy.deepcopy(ns["model"])
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in ns["test_data"])
+    assert summary["test"]["acc"] == pytest.approx(correct / 1000, abs=1e-9)
+
+
+def check_accuracy_averages(ns: dict[str, Any]) -> None:
+    """harness Accuracy is scikit-learn's accuracy_score; torchmetrics' default is its balanced accuracy."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    target, preds = ns["target"].numpy(), ns["preds"].numpy()
+    assert ns["harness_acc"] == pytest.approx(accuracy_score(target, preds))
+    assert ns["macro_acc"] == pytest.approx(balanced_accuracy_score(target, preds))
+
+
+# A block that leaves one of these names behind is checked by the function (besides its own asserts).
+VALUE_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "summary": check_run_folder_example,
+    "macro_acc": check_accuracy_averages,
+}
+
+# Packages of the test extra a block may import: without them the block is skipped, saying which.
+OPTIONAL_IMPORTS = ("torchmetrics", "sklearn")
+
 CLASS_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "DictBatchTrainer": check_dict_batch_trainer,
     "RegressionTrainer": check_regression_trainer,
@@ -98,8 +140,11 @@ def test_readme_has_python_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     code = BLOCKS[index]
+    for package in OPTIONAL_IMPORTS:
+        if re.search(rf"^(from|import) {package}\b", code, flags=re.M):
+            pytest.importorskip(package, reason=f"README block {index} imports {package}: pip install -e '.[test]'")
     if "load_dataset(" in code:
         monkeypatch.setenv("HARNESS_DATA_DIR", str(need_real_data()))
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
@@ -110,6 +155,9 @@ def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.Mon
     assert not unchecked, f"README block {index} defines {unchecked}: add a check that exercises them"
     for name in classes:
         CLASS_CHECKS[name](namespace)
+    for name, check in VALUE_CHECKS.items():
+        if name in namespace:
+            check(namespace)
     if "scores" in namespace:  # the full Python example: 3 epochs of the seeded MLP on real MNIST
         assert namespace["scores"]["acc"] > 0.96
         assert len(namespace["history"]) == 3

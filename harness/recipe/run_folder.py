@@ -3,7 +3,8 @@
     <logging.root>/<name>[-<command>]/<timestamp>/
         config.yaml          the resolved recipe (file + overrides + defaults), written atomically
         history.jsonl        one JSON object per epoch (the Trainer's JsonlLogger)
-        summary.json         what the command found, written atomically at the end
+        summary.json         what the command found, written atomically at the end (its name and the
+                             training summary's keys: harness.core.run, shared with the Python API)
         events.out.tfevents.*   TensorBoard
         checkpoints/last.pt, checkpoints/best.pt   (ModelCheckpoint names them)
 """
@@ -11,10 +12,10 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.core import run as core_run
 from harness.core.callbacks import ModelCheckpoint
 from harness.core.checkpoint import atomic_save
 from harness.core.loggers import strict_json
@@ -22,7 +23,7 @@ from harness.errors import HarnessError
 from harness.recipe.schema import Recipe, dump_yaml
 
 CONFIG = "config.yaml"
-SUMMARY = "summary.json"
+SUMMARY = core_run.SUMMARY
 HISTORY = "history.jsonl"
 CHECKPOINTS = "checkpoints"
 
@@ -33,24 +34,12 @@ def run_name(recipe: Recipe, recipe_path: str | Path | None) -> str:
 
 
 def new_run_folder(parent: str | Path) -> Path:
-    """Create and return <parent>/<timestamp>/ (`-2`, `-3`, ... when that second is taken).
-
-    The folder is claimed by `mkdir` itself, not by a look first: runs started at the same instant
-    in several processes each get their own folder."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    parent = Path(parent)
+    """Create and return <parent>/<timestamp>/ (harness.core.run.new_run_folder); a folder that cannot be
+    made names logging.root, where the parent comes from."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        folder, suffix = parent / stamp, 1
-        while True:
-            try:
-                folder.mkdir()
-                return folder
-            except FileExistsError:  # taken, by an earlier run or a concurrent one: the next suffix
-                suffix += 1
-                folder = parent / f"{stamp}-{suffix}"
-    except OSError as e:  # check_run_parent catches most of these before any work; this is the backstop
-        raise HarnessError(f"logging.root: cannot make a run folder in {parent} ({e.strerror or e})") from None
+        return core_run.new_run_folder(parent)
+    except HarnessError as e:  # check_run_parent catches most of these before any work; this is the backstop
+        raise HarnessError(f"logging.root: {e}") from None
 
 
 def command_parent(recipe: Recipe, recipe_path: str | Path | None, command: str | None = None) -> Path:
@@ -123,7 +112,7 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    return write_json(run_dir / SUMMARY, summary)
+    return core_run.write_summary(run_dir, summary)
 
 
 def results_folder(checkpoint: str | Path) -> Path:

@@ -12,23 +12,20 @@ runs/<name>/<timestamp>/
 from __future__ import annotations
 
 import json
-import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
-from harness import __version__
 from harness.core import faults
-from harness.core.callbacks import Callback, ModelCheckpoint, best_entry
+from harness.core.callbacks import Callback
 from harness.core.checkpoint import read_checkpoint
 from harness.core.device import unwrap_model
 from harness.core.distributed import broadcast_object, broadcast_tensors
 from harness.core.loggers import TensorBoardLogger
+from harness.core.run import dashboard_charts, load_best_weights, run_summary
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError, Interrupted
 from harness.recipe.build import epochs_to_run, logged_names, run_monitor
@@ -47,7 +44,6 @@ from harness.recipe.run_folder import (
     write_summary,
 )
 from harness.recipe.schema import Recipe, changed_keys, dump_yaml
-from harness.stats import wilson_interval
 
 
 def train(recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
@@ -133,7 +129,7 @@ class Run:
             test: dict[str, Any] | None = None
             tested: str | None = None
             if self.test:
-                tested = self._load_best()
+                tested = load_best_weights(trainer)
                 if env.dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
                     broadcast_tensors(_tested_tensors(trainer))
                     tested = broadcast_object(tested)
@@ -196,49 +192,16 @@ class Run:
         # from the bare recipe would silently drop (or refuse, when they changed the model).
         return f"python -m harness.train {self.run_dir / 'config.yaml'} --resume {last_checkpoint(self.run_dir)}"
 
-    def _load_best(self) -> str:
-        """Test the best checkpoint's weights (EMA included) when there is one; say which were tested."""
-        assert self.trainer is not None
-        saver = next((cb for cb in self.trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
-        if saver is None or not saver.best_path.is_file():
-            return f"final weights, epoch {self.trainer.epoch}"
-        # Weights and callback states (the EMA average) only: epoch and history stay those of the run.
-        state = read_checkpoint(saver.best_path)
-        self.trainer.load_weights(state, str(saver.best_path))
-        return f"best.pt, epoch {state['epoch']}"
-
     def _summary(self, test: dict[str, Any] | None, tested: str | None, fit_seconds: float,
                  wall_seconds: float) -> dict[str, Any]:
         assert self.trainer is not None
-        trainer, t = self.trainer, self.recipe.trainer
-        history = trainer.history
         monitor, mode = run_monitor(self.recipe, validates=self.data is not None and self.data.val is not None)
-        best = best_entry(history, monitor, mode)
-        return {
-            "recipe": str(self.recipe_path) if self.recipe_path else None,
-            "run_dir": str(self.run_dir) if self.run_dir else None,
-            "monitor": monitor,
-            "best_epoch": best["epoch"] if best else None,
-            "best_value": best[monitor] if best else None,
-            "epochs_run": trainer.epoch,
-            "final": history[-1] if history else None,
-            "test": test,
-            "test_samples": trainer.last_pass_samples if test is not None else None,
-            # what the test figures cover, in words: the whole split, or the first N batches of it
-            # Accuracies are proportions: their Wilson interval over the test samples (harness.stats).
-            "test_intervals": _accuracy_intervals(self.recipe, test, trainer.last_pass_samples),
-            "test_covers": _test_covers(trainer.last_pass_samples, trainer.limit_test_batches, t.fast_dev_run)
-            if test is not None else "not tested",
-            "tested_weights": tested,
-            "fit_seconds": round(fit_seconds, 3),
-            "wall_seconds": round(wall_seconds, 3),
-            "device": str(trainer.device),
-            "device_name": (torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
-                            else platform.processor() or platform.machine()),
-            "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
-            "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-                         "torchvision": torchvision.__version__},
-        }
+        why = "trainer.fast_dev_run" if self.recipe.trainer.fast_dev_run else "trainer.limit_test_batches"
+        summary = {"recipe": str(self.recipe_path) if self.recipe_path else None,
+                   **run_summary(self.trainer, monitor=monitor, mode=mode, test=test, tested=tested,
+                                 fit_seconds=fit_seconds, wall_seconds=wall_seconds, test_limit_reason=why)}
+        summary["run_dir"] = str(self.run_dir) if self.run_dir else None  # rank 0's, on every rank
+        return summary
 
 
 class Dashboard(Callback):
@@ -268,11 +231,7 @@ class Dashboard(Callback):
     def write(self, logger: TensorBoardLogger) -> None:
         names = logged_names(self.recipe, self.validates)
         metrics = [name for name in names if name.startswith("val/") and name != "val/loss"]
-        charts = {"loss": [name for name in ("train/loss", "val/loss") if name in names]}
-        charts.update({name: [name] for name in metrics})
-        charts["learning rate (lr: at the epoch's start, lr_end: after its last step)"] = ["lr", "lr_end"]
-        charts["throughput (training samples/s)"] = ["samples_per_s"]
-        logger.layout(charts)
+        logger.layout(dashboard_charts(names))
         logger.text("recipe", "    " + dump_yaml(self.recipe).rstrip("\n").replace("\n", "\n    "))
         tested = ["test/loss", *(f"test/{name.removeprefix('val/')}" for name in metrics)] if self.tested else []
         validated = [name for name in names if name.startswith("val/")]
@@ -291,19 +250,3 @@ def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
 
 def _format(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-
-
-def _test_covers(samples: int, limit: int | None, fast_dev_run: bool) -> str:
-    """What the test figures cover, in words: the whole split, or its first batches and why."""
-    if limit is None:
-        return f"{samples} samples: the whole test split"
-    why = "trainer.fast_dev_run" if fast_dev_run else "trainer.limit_test_batches"
-    return f"only {samples} samples: the first {limit} batch{'es' * (limit > 1)} of the test split ({why})"
-
-
-def _accuracy_intervals(recipe: Recipe, test: dict[str, Any] | None, samples: int) -> dict[str, list[float]]:
-    """95 % Wilson intervals of the test accuracies (the recipe's metrics of type accuracy)."""
-    if not test or not samples:
-        return {}
-    return {name: [*wilson_interval(round(test[name] * samples), samples)]
-            for name, cfg in recipe.metrics.items() if cfg.type == "accuracy" and isinstance(test.get(name), float)}
