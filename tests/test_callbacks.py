@@ -250,6 +250,53 @@ def test_ema_waits_for_the_optimizer_step_when_accumulating() -> None:
     assert torch.allclose(averager.shadow["weight"], 0.5 * start + 0.5 * model.weight.detach())
 
 
+class StateDictEMA(Callback):
+    """The average as it was computed before the cached tensor lists: a walk over `state_dict()` after
+    every optimizer step, ema = decay * ema + (1 - decay) * value for floats, a copy for integer buffers."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay, self.expected, self.seen = decay, {}, 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not self.expected:
+            self.expected = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    def on_train_batch_end(self, trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
+        if trainer.global_step == self.seen:
+            return
+        self.seen = trainer.global_step
+        for k, v in trainer.model.state_dict().items():
+            floating = v.is_floating_point()
+            self.expected[k] = self.decay * self.expected[k] + (1 - self.decay) * v if floating else v.clone()
+
+
+def bn_trainer(callbacks: Iterable[Callback]) -> Trainer:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), device="cpu", progress=False,
+                   accumulate_grad_batches=2, callbacks=list(callbacks))
+
+
+def test_ema_of_every_tensor_equals_the_state_dict_formula_after_a_reload() -> None:
+    """Weights, BatchNorm running statistics (averaged) and its batch count (copied) match the per-step
+    state_dict formula; a checkpoint's average loaded mid-run is copied into the average in place, so the
+    average stays on the model's device and the following steps keep updating it."""
+    decay = 0.7
+    averager, reference = EMA(decay), StateDictEMA(decay)
+    trainer = bn_trainer([averager, reference])
+    trainer.fit(batches(6), epochs=1)  # 3 optimizer steps
+    tensors = {k: id(v) for k, v in averager.shadow.items()}
+    saved = {k: v.clone() + 1 for k, v in averager.shadow.items()}  # as read from a file: other tensors
+    averager.load_state_dict({"decay": decay, "shadow": saved})
+    assert {k: id(v) for k, v in averager.shadow.items()} == tensors  # the same tensors, new values
+    assert all(torch.equal(averager.shadow[k], v) for k, v in saved.items())
+    reference.expected = {k: v.clone() for k, v in saved.items()}
+    trainer.fit(batches(6, seed=1), epochs=2)  # 3 more steps
+    assert averager.shadow["1.num_batches_tracked"] == trainer.model[1].num_batches_tracked == 12
+    for name, expected in reference.expected.items():
+        torch.testing.assert_close(averager.shadow[name], expected, rtol=1e-6, atol=1e-7, msg=name)
+
+
 # ------------------------------------------------------------------ monitors are checked before training
 def test_a_monitor_that_is_never_logged_fails_before_the_first_step() -> None:
     steps = []

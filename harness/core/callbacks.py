@@ -185,7 +185,11 @@ class EarlyStopping(Callback):
 class EMA(Callback):
     """Exponential moving average of the weights, updated after every optimizer step:
     ema = decay * ema + (1 - decay) * weights. Validation and test run on the averaged weights
-    (swapped in for the pass, then swapped back); the average is saved in the checkpoint."""
+    (swapped in for the pass, then swapped back); the average is saved in the checkpoint.
+
+    The average lives on the model's device, beside the weights (a checkpoint's average, read on the CPU,
+    is copied into it in place), and each step is one fused `torch._foreach_lerp_` over tensor lists
+    built once per `fit`, not a walk over a fresh `state_dict()`."""
 
     def __init__(self, decay: float = 0.999) -> None:
         if not 0.0 < decay < 1.0:
@@ -194,29 +198,35 @@ class EMA(Callback):
         self.shadow: dict[str, Tensor] | None = None
         self._backup: dict[str, Tensor] | None = None
         self._seen_step = -1
+        # (averaged, model's) float tensors and (copied, model's) integer buffers (BN's batch count)
+        self._floats: tuple[list[Tensor], list[Tensor]] = ([], [])
+        self._others: tuple[list[Tensor], list[Tensor]] = ([], [])
 
     def _model_state(self, trainer: Trainer) -> dict[str, Tensor]:
         return unwrap_model(trainer.model).state_dict()
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        # state_dict() values share storage with the parameters and buffers, which the optimizer and
+        # load_state_dict update in place: lists of them stay current for the whole fit.
         state = self._model_state(trainer)
         if self.shadow is None:
             self.shadow = {k: v.detach().clone() for k, v in state.items()}
         else:  # restored from a checkpoint, which loads on the CPU: follow the model to its device
             self.shadow = {k: v.to(state[k].device) for k, v in self.shadow.items()}
+        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        others = [k for k in self.shadow if k not in floats]
+        self._floats = ([self.shadow[k] for k in floats], [state[k] for k in floats])
+        self._others = ([self.shadow[k] for k in others], [state[k] for k in others])
         self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, batch_idx: int, loss: Tensor) -> None:
         if trainer.global_step == self._seen_step or self.shadow is None:
             return  # accumulating gradients: no optimizer step yet
         self._seen_step = trainer.global_step
-        state = self._model_state(trainer)
-        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
-        # One fused kernel for all float tensors; integer buffers (BN's batch count) are copied.
-        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].detach() for k in floats], 1.0 - self.decay)
-        for k, v in self.shadow.items():
-            if not v.is_floating_point():
-                v.copy_(state[k])
+        averaged, weights = self._floats
+        torch._foreach_lerp_(averaged, weights, 1.0 - self.decay)  # one fused kernel for all float tensors
+        if self._others[0]:
+            torch._foreach_copy_(*self._others)
 
     def on_validation_start(self, trainer: Trainer) -> None:
         if self.shadow is None:
@@ -235,4 +245,11 @@ class EMA(Callback):
         return {"decay": self.decay, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.shadow = state["shadow"]
+        saved = state["shadow"]
+        if self.shadow is not None and saved is not None and saved.keys() == self.shadow.keys():
+            # Copied into the average in place: it stays on the model's device (a collective such as NCCL's
+            # broadcast takes device tensors only) and the cached lists stay valid.
+            for key, value in saved.items():
+                self.shadow[key].copy_(value)
+        else:
+            self.shadow = saved
