@@ -371,6 +371,9 @@ def test_make_dataloader_defaults():
     loader = make_dataloader(TensorDataset(torch.zeros(8, 1)), 4)
     assert loader.num_workers == min(4, len(os.sched_getaffinity(0)))
     assert loader.pin_memory == torch.cuda.is_available()
+    # Pinned host memory only for batches going to a CUDA device: for a CPU target it is a wasted copy.
+    assert not make_dataloader(TensorDataset(torch.zeros(8, 1)), 4, num_workers=0, device="cpu").pin_memory
+    assert make_dataloader(TensorDataset(torch.zeros(8, 1)), 4, num_workers=0, device="cuda:1").pin_memory
     assert loader.persistent_workers == (loader.num_workers > 0)
     loader.set_epoch(4)
     assert loader.sampler.epoch == 4

@@ -83,6 +83,31 @@ def test_runs_under_inference_mode_and_on_the_requested_device() -> None:
     assert result["num_parameters"] == 3 * 2 + 2
 
 
+@pytest.mark.parametrize(("precision", "channels_last", "dtype"),
+                         [("32", False, torch.float32), ("bf16", True, torch.bfloat16),
+                          ("bf16", False, torch.bfloat16)])
+def test_timed_at_the_runs_precision_and_memory_format(precision: str, channels_last: bool, dtype: torch.dtype) -> None:
+    """`evaluate --speed` times what the run computes: the recipe's autocast and NHWC inputs for channels_last."""
+    seen = set()
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.conv(x)
+            nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            seen.add((out.dtype, nhwc))
+            return out
+
+    result = measure_inference(Probe(), torch.randn(4, 3, 8, 8), batch_sizes=(1, 4), warmup=1, repeats=2,
+                               precision=precision, channels_last=channels_last)
+    assert seen == {(dtype, channels_last)}
+    assert (result["precision"], result["channels_last"]) == (precision, channels_last)
+    assert f"precision {precision}" in format_speed(result)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"batch_sizes": ()}, "batch_sizes must be positive"),
     ({"batch_sizes": (1, 0)}, "batch_sizes must be positive"),

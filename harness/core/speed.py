@@ -5,13 +5,15 @@
     print(format_speed(result))
 
 Timing: `warmup` untimed forward passes first (allocator, caches, lazy kernels), then timed passes
-under `torch.inference_mode()`, each timed alone with `time.perf_counter`; on CUDA (and MPS) the
+under `torch.inference_mode()` (and the autocast of `precision`, with inputs in the model's memory
+format: what the run computes), each timed alone with `time.perf_counter`; on CUDA (and MPS) the
 device is synchronised before starting and before stopping the clock, so a time covers the kernels,
 not only their launch. Latencies are wall-clock per batch; throughput is samples / total timed time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import platform
 import time
@@ -58,6 +60,8 @@ def measure_inference(
     repeats: int = 100,
     max_seconds: float | None = 2.0,
     device: str | torch.device | None = None,
+    precision: str = "32",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Time forward passes of `model` at each batch size; also count its parameters and bytes.
 
@@ -72,6 +76,8 @@ def measure_inference(
         max_seconds: stop timing a batch size early once this much timed time is spent (at least 3
             passes still run); None always runs `repeats`. Keeps a slow model on a CPU to seconds.
         device: where to run; None: where the model's parameters are (CPU for a model without any).
+        precision: "32", "bf16" or "16": the forward passes run under that autocast, as the Trainer's do.
+        channels_last: give 4-D inputs in NHWC memory format (as a `trainer.channels_last` run feeds them).
 
     Returns plain data::
 
@@ -95,22 +101,34 @@ def measure_inference(
     was_training = model.training
     model.to(target).eval()
     try:
-        batches = [_time_batch_size(model, _batch(example_input, b, target), warmup, repeats, max_seconds)
-                   for b in batch_sizes]
+        with _autocast(precision, target):
+            batches = [_time_batch_size(model, _batch(example_input, b, target, channels_last), warmup, repeats,
+                                        max_seconds) for b in batch_sizes]
     finally:
         model.train(was_training)
     return {
         "device": str(target),
         "device_name": _device_name(target),
         "threads": torch.get_num_threads(),
+        "precision": precision,
+        "channels_last": channels_last,
         **model_size(model),
         "batches": batches,
     }
 
 
-def _batch(example: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+def _batch(example: torch.Tensor, size: int, device: torch.device, channels_last: bool) -> torch.Tensor:
     index = torch.arange(size) % example.shape[0]
-    return example[index].to(device).contiguous()
+    fmt = torch.channels_last if channels_last and example.ndim == 4 else torch.contiguous_format
+    return example[index].to(device).contiguous(memory_format=fmt)
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if precision == "32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "16"):
+        raise ValueError(f"precision {precision!r}: allowed are '32', 'bf16', '16'")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.inference_mode()
@@ -166,6 +184,7 @@ def format_speed(result: dict[str, Any]) -> str:
         f"model: {result['num_parameters']:,} parameters, {result['size_mb']:.3f} MB of parameters + buffers, "
         f"state_dict file {result['state_dict_mb']:.3f} MB",
         f"device: {result['device']} ({result['device_name']}, {result['threads']} threads), inference_mode, "
+        f"precision {result.get('precision', '32')}{', channels_last' if result.get('channels_last') else ''}, "
         f"latency per batch over timed runs after warm-up",
         f"{'batch':>7} {'runs':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>11}",
     ]

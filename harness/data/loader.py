@@ -82,11 +82,13 @@ def make_dataloader(
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    device: torch.device | str | None = None,
 ) -> EpochDataLoader:
     """A DataLoader over `dataset` whose order matches `TensorLoader` for the same arguments.
 
-    Defaults: `num_workers=default_num_workers()`, `pin_memory` only when CUDA is available
-    (pinned host memory makes `.to("cuda", non_blocking=True)` asynchronous), and
+    Defaults: `num_workers=default_num_workers()`, `pin_memory` only when the batches go to a CUDA
+    `device` (pinned host memory makes `.to("cuda", non_blocking=True)` asynchronous; for a CPU or MPS
+    target it is only a copy; `device=None`: when CUDA is available), and
     `persistent_workers` whenever there are workers, so epochs do not pay the worker start-up.
     Worker random seeds come from a generator seeded with `seed`: runs repeat, but random
     augmentation inside workers is not replayed exactly on resume.
@@ -96,7 +98,7 @@ def make_dataloader(
     if num_workers is None:
         num_workers = default_num_workers()
     if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
+        pin_memory = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     if persistent_workers is None:
         persistent_workers = num_workers > 0
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)

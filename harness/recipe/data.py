@@ -183,7 +183,8 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
             return split
         return make_dataloader(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
-                               persistent_workers=cfg.persistent_workers, collate_fn=source.collate_fn)
+                               persistent_workers=cfg.persistent_workers, collate_fn=source.collate_fn,
+                               device=device)
 
     classes = source.classes
     # A split with no samples would report accuracy 0.0 of nothing (and pick best.pt on it): refuse.

@@ -89,8 +89,10 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     result["intervals"] = intervals(result, confmat)
     if speed:
         inputs, _ = next(iter(parts.loader))
+        # timed as the run computes: the recipe's precision and memory format
         result["speed"] = measure_inference(parts.model, inputs, batch_sizes=(1, recipe.data.eval_batch_size),
-                                            device=env.device)
+                                            device=env.device, precision=recipe.trainer.precision,
+                                            channels_last=recipe.trainer.channels_last)
     if write:
         result["files"] = _write_outputs(result, summary, checkpoint)
     if verbose:
