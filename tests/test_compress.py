@@ -18,7 +18,14 @@ from torch import nn
 from harness.compress import main
 from harness.recipe.schema import load_recipe
 from harness.recipe.weights import load_checkpoint_model
-from harness.workflows.compression import compress, file_sizes, prune_global, quantize_int8, weight_sparsity
+from harness.workflows.compression import (
+    compress,
+    file_sizes,
+    format_table,
+    prune_global,
+    quantize_int8,
+    weight_sparsity,
+)
 from harness.workflows.evaluation import evaluate
 from models import MnistCNN
 
@@ -79,6 +86,24 @@ def test_original_row_is_what_evaluate_reports(trained: dict) -> None:
     assert original["f1_macro"] == scored["averages"]["macro"]["f1"]
     assert original["loss"] == pytest.approx(scored["loss"], rel=1e-9)
     assert 0.5 < original["accuracy"] < 1.0  # it learnt something: the comparisons below mean something
+
+
+def test_at_bf16_the_report_also_holds_what_evaluate_reports(trained: dict) -> None:
+    """The rows are float32 (int8 kernels need it, and every row is compared with the original); a bf16
+    recipe's report also holds the original scored as evaluate scores it, at bf16, and the two agree."""
+    assert trained["report"]["original_at_recipe_precision"] is None  # a float32 recipe: the original row is it
+    recipe = trained["recipe"].model_copy(deep=True)
+    recipe.trainer.precision = "bf16"
+    report = compress(recipe, trained["checkpoint"], (0.5,), write=False, verbose=False, **FAST_TIMING)
+    at_bf16 = report["original_at_recipe_precision"]
+    scored = evaluate(recipe, trained["checkpoint"], write=False, verbose=False)
+    assert (at_bf16["precision"], at_bf16["device"]) == ("bf16", "cpu")
+    assert at_bf16["accuracy"] == scored["accuracy"]
+    assert at_bf16["f1_macro"] == scored["averages"]["macro"]["f1"]
+    assert at_bf16["loss"] == pytest.approx(scored["loss"], rel=1e-9)
+    assert at_bf16["loss"] != report["rows"][0]["loss"]  # bf16 does round: the float32 row is another figure
+    assert f"the original at the recipe's precision (bf16, on cpu, as harness.evaluate scores it): test acc " \
+           f"{100 * scored['accuracy']:.2f} %" in format_table(report)
 
 
 def test_pruning_reaches_the_sparsity_and_shrinks_the_compressed_file(trained: dict) -> None:

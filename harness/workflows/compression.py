@@ -15,6 +15,10 @@ Per variant: size on disk (the bytes `torch.save(model.state_dict())` writes; ze
 bytes each there), the same file DEFLATE-compressed (zlib level 9, what zip and gzip use: this is
 where pruning's zeros pay off), and CPU latency (`harness.core.speed.measure_inference`, batch 1 and
 `data.eval_batch_size`). Everything runs on the CPU in float32: dynamic int8 kernels are CPU-only.
+A recipe that runs at another precision (`trainer.precision: bf16` or `16`) gets one more score,
+`original_at_recipe_precision`: the original as `harness.evaluate` scores it (the recipe's device,
+precision and memory format), so the figure `evaluate` reports is in the report too, beside the
+float32 row every variant is compared with.
 
 Files, in runs/<name>-compress/<timestamp>/: config.yaml, compress.json (every figure),
 compress.md (the table). `compress(recipe, checkpoint)` is the same thing from Python.
@@ -36,6 +40,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from harness.core.checkpoint import atomic_save
+from harness.core.device import resolve_device
 from harness.core.speed import measure_inference
 from harness.errors import HarnessError
 from harness.metrics.report import classification_summary
@@ -114,7 +119,7 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
         check_run_parent(recipe, recipe_path, "compress")  # the folder itself is made after the measurements
     # CPU and float32 whatever the recipe trained with: the int8 kernels are CPU-only, and every row
     # must be timed on the same device.
-    recipe = recipe.model_copy(deep=True)
+    as_trained, recipe = recipe, recipe.model_copy(deep=True)
     recipe.trainer.device, recipe.trainer.precision = "cpu", "32"
     recipe.trainer.compile, recipe.trainer.channels_last = False, False
     # The checkpoint's weights (EMA when the recipe says so), checked against the recipe's data the
@@ -159,6 +164,8 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
         })
     report: dict[str, Any] = {
         "recipe": str(recipe_path) if recipe_path else None,
+        "original_at_recipe_precision": _score_as_evaluate(as_trained, model, data) if
+        as_trained.trainer.precision != "32" else None,
         "checkpoint": str(checkpoint),
         "epoch": state["epoch"],
         "device": f"cpu ({speed['device_name']}, {speed['threads']} threads)",  # the same for every row
@@ -181,6 +188,20 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
     return report
 
 
+def _score_as_evaluate(recipe: Recipe, model: nn.Module, data: Any) -> dict[str, Any] | None:
+    """The original scored as `harness.evaluate` scores it: on the recipe's device, at its precision and
+    memory format (a copy of the model: the rows' model stays on the CPU in float32). None for fp16 on a
+    machine without CUDA, where evaluate would refuse the recipe."""
+    device = resolve_device(recipe.trainer.device)
+    if recipe.trainer.precision == "16" and device.type != "cuda":
+        return None
+    scores = build_evaluator(recipe, copy.deepcopy(model), device, confusion_matrix_only(data.num_classes),
+                             data.num_classes).evaluate(data.test)
+    summary = classification_summary(scores["confusion_matrix"], data.classes)
+    return {"precision": recipe.trainer.precision, "device": str(device), "loss": scores["loss"],
+            "accuracy": summary["accuracy"], "f1_macro": summary["averages"]["macro"]["f1"]}
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The Markdown table of a `compress` report: one row per variant, the original first."""
     small, large = (str(b) for b in report["batch_sizes"])
@@ -200,4 +221,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {row['name']} | {zeros} | {100 * row['accuracy']:.2f} % | {delta:+.2f} | {row['f1_macro']:.4f} "
             f"| {row['state_dict_bytes'] / 1e6:.3f} | {row['deflate_bytes'] / 1e6:.3f} "
             f"| {row['latency_ms_p50'][small]:.3f} | {row['samples_per_s'][large]:,.0f} |")
+    evaluated = report.get("original_at_recipe_precision")
+    if evaluated:
+        lines += ["", f"The rows are scored in float32 on the CPU; the original at the recipe's precision "
+                      f"({evaluated['precision']}, on {evaluated['device']}, as harness.evaluate scores it): test acc "
+                      f"{100 * evaluated['accuracy']:.2f} %, macro F1 {evaluated['f1_macro']:.4f}, "
+                      f"loss {evaluated['loss']:.4f}"]
     return "\n".join(lines)
