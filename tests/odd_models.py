@@ -51,3 +51,25 @@ class InterruptAtCall(nn.Module):
         if InterruptAtCall.calls == self.at:
             os.kill(os.getpid(), signal.SIGINT)
         return self.fc(x.flatten(1))
+
+
+class NaNOnRank(nn.Module):
+    """A linear classifier of feature vectors whose training forward returns NaN on one rank (under
+    torchrun) at chosen calls, counted from 1: `calls` lists them, `from_call` makes every call from
+    there on NaN. A NaN loss on one rank of a DDP job, at a chosen step."""
+
+    def __init__(self, in_features: int = 6, num_classes: int = 4, rank: int = 1, calls: tuple[int, ...] = (),
+                 from_call: int | None = None) -> None:
+        super().__init__()
+        self.rank, self.calls, self.from_call = rank, set(calls), from_call
+        self.training_calls = 0
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        if not self.training:
+            return out
+        self.training_calls += 1
+        here = torch.distributed.is_initialized() and torch.distributed.get_rank() == self.rank
+        late = self.from_call is not None and self.training_calls >= self.from_call
+        return out * float("nan") if here and (self.training_calls in self.calls or late) else out

@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, write_fake_mnist
+from conftest import REPO, write_fake_mnist, write_idx
 
 from harness.core.checkpoint import read_checkpoint
 from harness.core.seed import seed_everything
@@ -148,3 +149,124 @@ def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
     assert sum(map(sum, written["confusion_matrix"])) == 101
     assert written["accuracy"] == single["accuracy"]
     assert written["loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- what two ranks compute (tests/rank_scenarios.py)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One torchrun job of 2 CPU ranks runs every scenario of tests/rank_scenarios.py; each rank's results."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    data = out / "data"
+    write_fake_mnist(data, n_train=178, n_test=40)  # 178 - 50 held out = 128: 4 batches of 16 per rank
+    # Images of uneven brightness (a scale drawn per image): batches differ in their BatchNorm statistics,
+    # as real batches do, far more than batches of uniform noise.
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 178), ("t10k", 40)):
+        images = rng.integers(0, 256, (n, 28, 28)) * rng.uniform(0, 1, (n, 1, 1))
+        write_idx(data / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images.astype(np.uint8))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*TORCHRUN, "--nproc_per_node=2", str(REPO / "tests" / "rank_scenarios.py"), str(out), str(data)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return {"out": out, "data": data, "ranks": ranks}
+
+
+def test_validation_under_ddp_equals_one_process_scoring_the_checkpoint(two_ranks: dict) -> None:
+    """A CNN with BatchNorm (and EMA): every rank validates rank 0's running statistics, so the 2-rank
+    validation figures are those of the saved checkpoint, scored by one process."""
+    from harness.workflows.evaluation import evaluate
+
+    run = two_ranks["out"] / "runs" / "straight"
+    final = two_ranks["ranks"][0]["runs"]["straight_final"]
+    recipe = load_recipe(run / "config.yaml", [f"data.root={two_ranks['data']}"])
+    single = evaluate(recipe, run / "checkpoints" / "last.pt", "val", write=False, verbose=False)
+    assert final["val/cm"] == single["confusion_matrix"]
+    assert sum(map(sum, final["val/cm"])) == 50
+    assert final["val/loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+def test_a_resume_under_torchrun_is_bit_identical_with_dropout(two_ranks: dict) -> None:
+    """2 epochs straight vs 1 epoch + resume + 1 epoch, dropout 0.5: rank 1 resumes its own RNG stream."""
+    runs = two_ranks["out"] / "runs"
+    assert two_ranks["ranks"][0]["runs"]["resumed_epochs"] == 2
+    straight = read_checkpoint(runs / "straight" / "checkpoints" / "last.pt")
+    resumed = read_checkpoint(runs / "split" / "checkpoints" / "last.pt")
+    assert len(straight["rng_per_rank"]) == 2
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    shadow = next(iter(straight["callbacks"].values()))["shadow"]
+    resumed_shadow = next(iter(resumed["callbacks"].values()))["shadow"]
+    assert all(torch.equal(v, resumed_shadow[k]) for k, v in shadow.items())
+
+
+def test_ranks_draw_their_own_random_streams_the_same_on_every_run(two_ranks: dict) -> None:
+    (first0, again0), (first1, again1) = (r["rank_streams"] for r in two_ranks["ranks"])
+    assert first0 == again0 and first1 == again1  # seeded: repeatable
+    assert first0 != first1  # distinct: the ranks' dropout masks differ
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(two_ranks: dict) -> None:
+    rank0, rank1 = (r["nan_skips"] for r in two_ranks["ranks"])
+    # NaN loss on rank 1 at steps 2 and 5: both ranks skip both steps, and stay identical and finite.
+    assert rank0["isolated"]["steps"] == rank1["isolated"]["steps"] == 6
+    assert not rank0["isolated"]["halted"] and not rank1["isolated"]["halted"]
+    for mine, theirs in zip(rank0["isolated"]["params"], rank1["isolated"]["params"], strict=True):
+        assert torch.isfinite(mine).all() and torch.equal(mine, theirs)
+    # NaN on rank 1 from batch 3 on: three skips in a row (batches 3-5) halt both ranks after the same batch.
+    assert rank0["halt"]["halted"] and rank1["halt"]["halted"]
+    assert rank0["halt"]["batches"] == rank1["halt"]["batches"] == 5
+    assert rank0["halt"]["steps"] == rank1["halt"]["steps"] == 2
+    for mine, theirs in zip(rank0["halt"]["params"], rank1["halt"]["params"], strict=True):
+        assert torch.isfinite(mine).all() and torch.equal(mine, theirs)
+
+
+def test_accumulation_under_ddp_all_reduces_once_a_step_and_equals_one_big_batch(two_ranks: dict) -> None:
+    for rank in two_ranks["ranks"]:
+        accumulated, one_batch = rank["accumulation"]["accumulated"], rank["accumulation"]["one_batch"]
+        assert accumulated["steps"] == one_batch["steps"] == 2
+        assert accumulated["all_reduces"] == one_batch["all_reduces"] == 2  # not one per batch (4)
+        for a, b in zip(accumulated["params"], one_batch["params"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_every_tensor_given_to_a_collective_is_on_the_trainers_device(two_ranks: dict) -> None:
+    for rank in two_ranks["ranks"]:
+        devices = rank["collective_devices"]
+        assert any(d.startswith("broadcast ") for d in devices) and any(d.startswith("all_reduce ") for d in devices)
+        assert all(d.endswith(" cpu") for d in devices), devices
+
+
+def test_validation_under_ddp_is_compiled(two_ranks: dict) -> None:
+    for rank in two_ranks["ranks"]:
+        compiled = rank["compiled_validation"]
+        assert compiled["eval_model"] == "OptimizedModule" and compiled["eval_wraps_bare_module"]
+        assert compiled["graphs_compiled_by_validation"] >= 1
+
+
+def test_cuda_with_an_index_under_torchrun_is_one_line_before_anything_starts(monkeypatch) -> None:
+    """Every rank would take GPU N (NCCL: "Duplicate GPU detected"); torchrun's LOCAL_RANK picks the GPU."""
+    from harness.core.distributed import process_group_is_up
+    from harness.errors import HarnessError
+    from harness.recipe.parts import setup
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = load_recipe(REPO / "recipes/mnist.yaml", ["trainer.device=cuda:1"])
+    with pytest.raises(HarnessError, match=r"^trainer.device=cuda:1: under torchrun each rank uses the GPU of its "
+                                           r"LOCAL_RANK; use trainer.device=cuda"):
+        setup(recipe)
+    assert not process_group_is_up()
+
+
+def test_sync_batchnorm_keeps_the_parameters_the_optimizer_holds_and_needs_cuda() -> None:
+    from harness.core.distributed import convert_sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    params, buffers = list(model.parameters()), list(model.buffers())
+    converted = convert_sync_batchnorm(model, torch.device("cuda", 0))
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm)
+    assert all(a is b for a, b in zip(converted.parameters(), params, strict=True))
+    assert all(a is b for a, b in zip(converted.buffers(), buffers, strict=True))
+    with pytest.raises(ValueError, match="sync_batchnorm needs CUDA ranks"):
+        convert_sync_batchnorm(model, torch.device("cpu"))

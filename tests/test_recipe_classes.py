@@ -188,3 +188,19 @@ def test_bad_values_for_a_known_keyword_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match=r"^optim \(Adadelta with lr=0.001, weight_decay=0.0001, rho=1.5\): "
                                            r"Invalid rho value: 1.5$"):
         build_optimizer(recipe.optim, [torch.nn.Parameter(torch.zeros(1))])
+
+
+def test_sgd_adam_and_adamw_are_fused_on_cuda_only() -> None:
+    """A fused step takes the GradScaler's inf flag on the device: no .item() per step at precision 16."""
+    from harness.recipe.build import fused_keywords
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        assert fused_keywords(cls, {"lr": 0.1}, cuda) == {"lr": 0.1, "fused": True}
+        assert fused_keywords(cls, {"lr": 0.1}, cpu) == {"lr": 0.1}
+        # the recipe's own choice stands (optim.args.fused=false, or foreach, which fused excludes)
+        assert fused_keywords(cls, {"fused": False}, cuda) == {"fused": False}
+        assert fused_keywords(cls, {"foreach": True}, cuda) == {"foreach": True}
+        fused = cls([torch.nn.Parameter(torch.zeros(1))], **fused_keywords(cls, {}, cuda))  # builds without CUDA
+        assert fused.defaults["fused"] and fused._step_supports_amp_scaling
+    assert fused_keywords(torch.optim.Adadelta, {}, cuda) == {}  # no fused step to ask for

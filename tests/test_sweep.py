@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -277,3 +278,32 @@ def test_an_optuna_trial_that_trained_to_the_end_is_done(tmp_path: Path, fake_mn
     assert all(json.loads((Path(t["run_dir"]) / "summary.json").read_text())["epochs_run"] == 1
                for t in two["trials"])
     assert two["tested"] is None and all(not t["test"] for t in two["trials"])
+
+
+def test_every_trial_of_a_compiled_sweep_is_compiled(tmp_path: Path, fake_mnist: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 trials in one process with trainer.compile=true, each a model Dynamo has not seen (its dropout
+    rate is a constant of the graph): Dynamo's caches are reset between trials, so none reaches its
+    recompile limit (8 graphs per function) and silently runs eagerly. Dynamo's eager backend: the graphs
+    are Dynamo's whatever the backend, and Inductor would take minutes here."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from harness.sweep import main
+
+    graphs_before_trial: list[int] = []
+    real_compile = torch.compile
+
+    def compile_and_count(model, **kwargs):
+        graphs_before_trial.append(counters["stats"]["unique_graphs"])
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_and_count)
+    rates = ",".join(f"{r / 20:g}" for r in range(10))
+    assert main([*sweep_args(tmp_path, fake_mnist, "trainer.compile=true", "trainer.epochs=1",
+                             "trainer.limit_train_batches=2", "logging.tensorboard=false"),
+                 "--grid", f"model.args.dropout={rates}"]) == 0
+    graphs = [*graphs_before_trial, counters["stats"]["unique_graphs"]]
+    per_trial = [after - before for before, after in itertools.pairwise(graphs)]
+    assert len(per_trial) == 10 and min(per_trial) >= 2, per_trial  # a training and a validation graph, each trial
+    assert not any("recompile_limit" in reason for reason in counters["unimplemented"]), counters["unimplemented"]

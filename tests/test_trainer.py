@@ -231,3 +231,40 @@ def test_a_non_finite_validation_loss_warns_once_per_pass_and_is_logged_as_null(
     assert [line.get("val/loss", "absent") for line in lines] == [None, None, "absent"]
     assert math.isfinite(lines[-1]["test/loss"])
     assert "NaN" not in (tmp_path / "history.jsonl").read_text()
+
+
+def test_compile_makes_one_graph_for_training_and_one_for_validation(monkeypatch) -> None:
+    """The batch dimension is marked dynamic: the short last batch (8 after 16, 16) and the validation
+    batches of other sizes reuse their graphs instead of recompiling. Dynamo's eager backend: what is
+    counted is Dynamo's graphs, not what Inductor makes of them."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager", **kw))
+    torch._dynamo.reset()
+    x, y = blobs(40, dim=6)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.1), nn.Linear(8, 4))
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), device="cpu",
+                      compile=True, progress=False, loggers=[])
+    before = counters["stats"]["unique_graphs"]
+    trainer.fit(batches(x, y, 16), batches(x, y, 24), epochs=2)
+    assert counters["stats"]["unique_graphs"] - before == 2
+
+
+def test_metrics_get_float32_predictions_under_bf16() -> None:
+    """bf16 logits would tie in argmax and round in scores: the metrics see them cast to float32."""
+    seen = []
+
+    class Recording(Accuracy):
+        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+            seen.append(preds.dtype)
+            super().update(preds, target)
+
+    x, y = blobs(64)
+    trainer = Trainer(mlp(), None, nn.CrossEntropyLoss(), {"acc": Recording(4)}, device="cpu", precision="bf16",
+                      progress=False, loggers=[])
+    trainer.validate(batches(x, y, 32))
+    assert seen == [torch.float32, torch.float32]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = trainer.model(x)
+    assert logits.dtype == torch.bfloat16  # what the model gives under autocast

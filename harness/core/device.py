@@ -59,6 +59,29 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def mark_batch_dynamic(batch: Any) -> None:
+    """For torch.compile: mark dimension 0 of every tensor in a (nested) batch as dynamic, so one graph
+    serves every batch size (the short last batch of an epoch, a validation batch) instead of a recompile
+    for each. `maybe_mark_dynamic`: a model that needs a fixed batch size gets its own graph, no error."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim > 0:
+            torch._dynamo.maybe_mark_dynamic(batch, 0)
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            mark_batch_dynamic(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            mark_batch_dynamic(value)
+
+
+def float32_predictions(preds: Any) -> Any:
+    """Half-precision (bf16 / fp16) predictions as float32, anything else as it is: metrics then rank,
+    threshold and sum scores as an fp32 evaluation does (bf16 keeps 8 bits of mantissa: argmax ties)."""
+    if isinstance(preds, torch.Tensor) and preds.dtype in (torch.bfloat16, torch.float16):
+        return preds.float()
+    return preds
+
+
 def batch_size_of(batch: Any) -> int:
     """Samples in a batch: the length of its first tensor (host-side metadata, no device sync)."""
     if isinstance(batch, torch.Tensor):

@@ -7,6 +7,8 @@ collectives so a dead peer ends the job with an error instead of a hang.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -15,6 +17,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from harness.errors import HarnessError
 
 DEFAULT_TIMEOUT_S = 300  # a collective that waits longer than this raises on every rank still alive
 
@@ -34,15 +39,25 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def check_device_under_torchrun(device: str) -> None:
+    """Under torchrun every rank runs on GPU `LOCAL_RANK`: `cuda:N` would put all ranks on GPU N (NCCL then
+    stops with "Duplicate GPU detected"), so an explicit index is refused, in one line, before anything starts."""
+    if launched_by_torchrun() and str(device).startswith("cuda:"):
+        raise HarnessError(f"trainer.device={device}: under torchrun each rank uses the GPU of its LOCAL_RANK; "
+                           "use trainer.device=cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
+
+
 def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
     """Initialise the process group when started by torchrun; a single process gets DistInfo().
 
-    Returns this process's rank information. On CUDA the process is pinned to GPU `LOCAL_RANK`.
+    Returns this process's rank information. On CUDA the process is pinned to GPU `LOCAL_RANK`;
+    `cuda:N` is refused under torchrun (`check_device_under_torchrun`).
     """
     if dist.is_available() and dist.is_initialized():
         return current()
     if not launched_by_torchrun():
         return DistInfo()
+    check_device_under_torchrun(device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = (device == "auto" or str(device).startswith("cuda")) and torch.cuda.is_available()
@@ -83,6 +98,56 @@ def any_rank(flag: bool, device: torch.device) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_sum(t).item() > 0)
+
+
+def nonfinite_on_any_rank(value: torch.Tensor) -> bool:
+    """True if `value` holds a NaN or infinity on any rank: one all-reduce of a flag under torchrun, and
+    one host read (a device sync) in any case. Every rank must reach this call; all get the same answer."""
+    flag = (~torch.isfinite(value.detach())).any().to(torch.float32).reshape(1)
+    return bool(all_reduce_sum(flag).item() > 0)
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[None]:
+    """DDP's `no_sync()` when `sync` is False (forward and backward then only accumulate gradients on this
+    rank; the next synced backward all-reduces the sum), else nothing. A model without DDP is unaffected.
+    Looks through a torch.compile wrapper."""
+    ddp = model
+    while not isinstance(ddp, nn.parallel.DistributedDataParallel) and hasattr(ddp, "_orig_mod"):
+        ddp = ddp._orig_mod
+    if sync or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with every BatchNorm layer turned into SyncBatchNorm (same parameters and buffers, so an
+    optimizer built before still holds them). ValueError off CUDA: torch's SyncBatchNorm trains on GPUs only."""
+    if device.type != "cuda":
+        raise ValueError(f"sync_batchnorm needs CUDA ranks (device is {device.type}): torch's SyncBatchNorm "
+                         "does not train on the CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Overwrite every rank's buffers (BatchNorm running statistics) with rank `src`'s, in place.
+
+    DDP broadcasts rank 0's buffers at the start of each training forward, then each rank updates them
+    with its own batch; validation runs the bare module, so without this each rank would validate a
+    slightly different model, and the summed figures would belong to none of them."""
+    broadcast_tensors([b for b in module.buffers()], src)
+
+
+def all_gather_states(state: Any) -> list[Any]:
+    """Every rank's `state` (tensors and plain data, as in a checkpoint), in rank order, on every rank
+    ([state] in a single process). Sent as `torch.save` bytes and read back with weights_only: tensors
+    pickled inside an object by all_gather_object itself do not load back (torch 2.14, CPU byte tensors)."""
+    if not is_distributed():
+        return [state]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, buffer.getvalue())
+    return [torch.load(io.BytesIO(data), weights_only=True) for data in gathered]
 
 
 def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:

@@ -23,11 +23,30 @@ from torch import Tensor, nn
 
 from harness.core.callbacks import Callback, callback_key
 from harness.core.checkpoint import FORMAT, atomic_save, check_model_state, read_checkpoint
-from harness.core.device import batch_size_of, check_precision, move_to_device, resolve_device, unwrap_model
-from harness.core.distributed import all_reduce_sum, any_rank, is_distributed, is_main_process
+from harness.core.device import (
+    batch_size_of,
+    check_precision,
+    float32_predictions,
+    mark_batch_dynamic,
+    move_to_device,
+    resolve_device,
+    unwrap_model,
+)
+from harness.core.distributed import (
+    all_gather_states,
+    all_reduce_sum,
+    any_rank,
+    broadcast_buffers,
+    convert_sync_batchnorm,
+    current,
+    gradient_sync,
+    is_distributed,
+    is_main_process,
+    nonfinite_on_any_rank,
+)
 from harness.core.loggers import JsonlLogger, TensorBoardLogger
 from harness.core.progress import EpochProgress
-from harness.core.seed import get_rng_state, set_rng_state
+from harness.core.seed import get_rng_state, set_rank_rng_state
 from harness.errors import HarnessError
 from harness.metrics import MeanMetric, Metric
 
@@ -72,11 +91,17 @@ class Trainer:
         log_every_n_steps: progress-bar refresh interval; the only host sync in the training loop.
         limit_train_batches / limit_val_batches: use only the first N batches of each epoch / validation pass.
         limit_test_batches: the same for `evaluate` (the test pass); None, the default, scores it all.
-        compile: wrap the model in `torch.compile`.
+        compile: wrap the model in `torch.compile`; the batch dimension is marked dynamic, so an epoch's
+            short last batch reuses the graph instead of compiling another.
+        sync_batchnorm: under torchrun, turn BatchNorm layers into SyncBatchNorm (statistics over the
+            global batch in training; CUDA only). Without it each rank normalises by its own batch, and
+            validation uses rank 0's running statistics on every rank.
 
     Under torchrun (a process group is initialised, see `harness.core.distributed`) the model is wrapped in
     DistributedDataParallel, the epoch's train loss and every metric are summed over ranks, and only
     rank 0 logs and shows progress. Give each rank its own shard of the data (TensorLoader rank/world_size).
+    Gradient accumulation all-reduces on the last batch of each group only (DDP's `no_sync`); checkpoints
+    hold every rank's RNG states, and each rank resumes with its own.
     """
 
     def __init__(
@@ -105,6 +130,7 @@ class Trainer:
         limit_val_batches: int | None = None,
         limit_test_batches: int | None = None,
         compile: bool = False,
+        sync_batchnorm: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -113,6 +139,8 @@ class Trainer:
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         model = model.to(self.device)
+        if sync_batchnorm and is_distributed() and optimizer is not None:
+            model = convert_sync_batchnorm(model, self.device)
         self.model = model
         # Validation runs the bare module: DDP's forward broadcasts buffers, a collective that would
         # hang when ranks have different numbers of validation batches (shards are not padded).
@@ -120,9 +148,11 @@ class Trainer:
         if is_distributed() and optimizer is not None:  # evaluation needs no gradient all-reduce
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.compiled = compile
         if compile:
+            ddp = self.model is not model
             self.model = torch.compile(self.model)
-            self.eval_model = self.model if not is_distributed() else model
+            self.eval_model = torch.compile(model) if ddp else self.model  # validation compiled too
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.metrics = {name: m.to(self.device) for name, m in (metrics or {}).items()}
@@ -160,6 +190,9 @@ class Trainer:
         self.last_epoch_samples = 0  # samples seen by the last train_epoch (for samples/s)
         self.train_data: Iterable[Any] | None = None  # set by fit; its order state goes into checkpoints
         self._signal: int | None = None
+        # Under torchrun: (global_step, batch_in_epoch, every rank's RNG states) gathered before the
+        # callbacks that save checkpoints (on rank 0) run; see `_share_rng_states`.
+        self._rank_rng: tuple[int, int, list[dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -192,6 +225,7 @@ class Trainer:
                 lr = self.partial_epoch.setdefault("lr", self.optimizer.param_groups[0]["lr"])
                 logs = self.train_epoch(train_data)
                 if self._signal is not None:
+                    self._share_rng_states()
                     self._call("on_interrupt")
                     raise TrainingInterrupted(self._signal)
                 train_seconds = time.perf_counter() - started
@@ -210,6 +244,7 @@ class Trainer:
                 self.log(logs, step=self.epoch)
                 if self.progress:
                     print(epoch_line(logs, epochs), flush=True)
+                self._share_rng_states()
                 self._call("on_epoch_end", self.epoch, logs)
         self._call("on_fit_end")
         return self.history
@@ -229,14 +264,15 @@ class Trainer:
         group_loss: Tensor | None = None  # sum of the losses of the current accumulation group
         checked, started, distributed = 0, time.perf_counter(), is_distributed()
         for i, batch in enumerate(bar, start=start):
-            batch = move_to_device(batch, self.device)
-            with self.autocast():
-                loss = self.training_step(batch)
-            self._backward(loss, i, total)
+            batch = self._to_device(batch)
+            step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
+            with gradient_sync(self.model, step_ends):  # under DDP: all-reduce on a group's last batch only
+                with self.autocast():
+                    loss = self.training_step(batch)
+                self._backward(loss, i, total)
             # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
             # even when the group's last loss is finite.
             group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
-            step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
             if step_ends:
                 self._optimizer_step(group_loss)
                 group_loss = None
@@ -295,7 +331,9 @@ class Trainer:
         return loss_sum / max(seen, 1)
 
     def _optimizer_step(self, loss: Tensor) -> None:
-        if self.on_nonfinite == "skip" and not torch.isfinite(loss):  # host sync, only in "skip" mode
+        # A host sync, only in "skip" mode; under torchrun one all-reduce too: DDP has averaged one rank's
+        # NaN gradients into every rank's, so all ranks must skip (and halt) together.
+        if self.on_nonfinite == "skip" and nonfinite_on_any_rank(loss):
             self.nonfinite_skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.nonfinite_skipped >= self.max_nonfinite_skips:
@@ -374,15 +412,18 @@ class Trainer:
         training_model, self.model = self.model, self.eval_model  # no DDP collectives here: see __init__
         self.model.eval()
         self._call("on_validation_start")
+        if self.optimizer is not None:  # under DDP: every rank validates rank 0's BatchNorm statistics
+            broadcast_buffers(self.model)
         self.loss_metric.reset()
         for metric in self.metrics.values():
             metric.reset()
         try:
             for batch in islice(data, _num_batches(data, limit)):
-                batch = move_to_device(batch, self.device)
+                batch = self._to_device(batch)
                 with self.autocast():
                     loss, preds, target = self.validation_step(batch)
                 self.loss_metric.update(loss.detach(), weight=target.shape[0])
+                preds = float32_predictions(preds)  # bf16/fp16 logits would tie and round in the metrics
                 for metric in self.metrics.values():
                     metric.update(preds, target)
         finally:
@@ -524,17 +565,33 @@ class Trainer:
         """Write `state_dict()`, the RNG states and `extra` to `path` atomically (see `harness.core.checkpoint`)."""
         state = self.state_dict()
         state.update(format=FORMAT, rng=get_rng_state(), extra=extra or {})
+        if self._rank_rng is not None and self._rank_rng[:2] == (self.global_step, self.batch_in_epoch):
+            state["rng_per_rank"] = self._rank_rng[2]  # gathered at this very step (else left out: stale)
         atomic_save(state, path)
         return Path(path)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore this Trainer and the global RNGs from `path` for an exact resume; returns the raw state."""
+        """Restore this Trainer and the global RNGs from `path` for an exact resume; returns the raw state.
+        Under torchrun each rank restores its own RNG states (`harness.core.seed.set_rank_rng_state`)."""
         state = read_checkpoint(path)
         self.load_state_dict(state, source=str(path))
-        set_rng_state(state["rng"])
+        rank = current()
+        set_rank_rng_state(state, rank.rank, rank.world_size)
         return state
 
     # ------------------------------------------------------------------ internals
+    def _to_device(self, batch: Any) -> Any:
+        batch = move_to_device(batch, self.device)
+        if self.compiled:  # one graph for every batch size: the short last batch does not recompile
+            mark_batch_dynamic(batch)
+        return batch
+
+    def _share_rng_states(self) -> None:
+        """Under torchrun, before the callbacks that may write a checkpoint (rank 0's ModelCheckpoint):
+        gather every rank's RNG states (one collective, every rank reaches it), for the checkpoint to hold."""
+        if is_distributed():
+            self._rank_rng = (self.global_step, self.batch_in_epoch, all_gather_states(get_rng_state()))
+
     def _call(self, event: str, *args: Any) -> None:
         getattr(self, event)(*args)
         for callback in self.callbacks:

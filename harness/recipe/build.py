@@ -18,7 +18,7 @@ from torch import nn
 from harness import metrics
 from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
 from harness.core.device import move_to_device
-from harness.core.distributed import is_main_process
+from harness.core.distributed import is_distributed, is_main_process
 from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
@@ -100,10 +100,25 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
-    """`optim.name` (any torch.optim class, or an import path) with the short keys that apply and `optim.args`."""
+# Optimizers with a fused CUDA step that takes the GradScaler's inf flag on the device (no .item() per step)
+FUSED_ON_CUDA = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def fused_keywords(cls: type, kwargs: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
+    """`kwargs` plus `fused=True` for SGD, Adam and AdamW on CUDA: one kernel for the whole step, and
+    `GradScaler.step` (precision 16) hands it the inf flag on the device instead of reading it with a host
+    sync. Left as given when the recipe says `optim.args.fused` or `foreach` itself, or off CUDA."""
+    if device is None or device.type != "cuda" or cls not in FUSED_ON_CUDA or {"fused", "foreach"} & kwargs.keys():
+        return kwargs
+    return {**kwargs, "fused": True}
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[Any],
+                    device: torch.device | None = None) -> torch.optim.Optimizer:
+    """`optim.name` (any torch.optim class, or an import path) with the short keys that apply and `optim.args`;
+    on a CUDA `device`, SGD / Adam / AdamW get `fused=True` (`fused_keywords`)."""
     cls = optimizer_class(cfg)
-    kwargs = optimizer_keywords(cfg, cls)
+    kwargs = fused_keywords(cls, optimizer_keywords(cfg, cls), device)
     try:
         return cls(params, **kwargs)
     except (ValueError, TypeError) as e:  # e.g. nesterov without momentum, rho outside [0, 1]
@@ -227,11 +242,15 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     note = monitor_note(recipe, validates)
     if note is not None and is_main_process():
         print(note, file=sys.stderr, flush=True)
+    if t.sync_batchnorm and is_distributed() and device.type != "cuda":
+        raise HarnessError(f"trainer.sync_batchnorm=true needs CUDA ranks (device is {device.type}): torch's "
+                           "SyncBatchNorm does not train on the CPU; leave it false (validation uses rank 0's "
+                           "BatchNorm statistics on every rank either way)")
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     freeze_parameters(model, recipe.model.freeze)  # frozen parameters never reach the optimizer
-    optimizer = build_optimizer(recipe.optim, parameter_groups(model, recipe.optim))
+    optimizer = build_optimizer(recipe.optim, parameter_groups(model, recipe.optim), device)
     limits = batch_limits(recipe)
     epochs = epochs_to_run(recipe)
     # fast_dev_run's single batch leaves no room for a warmup: run the schedule without it.
@@ -261,7 +280,7 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         loggers=[] if run_dir is None else None, tensorboard=recipe.logging.tensorboard, progress=t.progress,
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=limits.train, limit_val_batches=limits.val, limit_test_batches=limits.test,
-        compile=t.compile,
+        compile=t.compile, sync_batchnorm=t.sync_batchnorm,
     )
 
 

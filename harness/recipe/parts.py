@@ -20,7 +20,7 @@ from torch import nn
 from harness.core.callbacks import Callback
 from harness.core.device import check_precision, resolve_device
 from harness.core.distributed import DistInfo, init_distributed
-from harness.core.seed import seed_everything
+from harness.core.seed import seed_everything, seed_rank
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.recipe.build import build_evaluator, build_model, build_trainer, check_model_fits_data, check_monitors
@@ -44,8 +44,11 @@ def setup(recipe: Recipe, device: str | None = None) -> Setup:
     """Start the process group (under torchrun), resolve the device, check the precision, seed.
 
     `device` overrides `trainer.device` (compress scores on the CPU whatever the recipe says).
-    A bad device or precision fails here, before any file is read. `trainer.threads` is applied first,
-    so every op of the command runs with it.
+    A bad device or precision fails here, before any file is read (under torchrun `cuda:N` too: each rank
+    takes the GPU of its LOCAL_RANK). `trainer.threads` is applied first, so every op of the command runs
+    with it. Every rank seeds with `trainer.seed` (the model's initial weights are the same everywhere);
+    `build_training` gives each rank its own stream once the model is built. Deterministic mode is set
+    on or off as the recipe says, whatever a run before it in this process left.
     """
     t = recipe.trainer
     if t.threads is not None:
@@ -78,10 +81,16 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     """The model (before the data: a bad model name fails in a second), its `model.init_from` weights
     unless resuming (a resume loads the checkpoint's), this rank's data, and the Trainer.
 
-    `indices`: explicit (train, val) indices into the training split (cross-validation folds)."""
+    `indices`: explicit (train, val) indices into the training split (cross-validation folds).
+    With `trainer.compile`, Dynamo's caches are reset first: the runs of one process (sweep trials, compared
+    models, folds) each compile their own model instead of reaching Dynamo's recompile limit and silently
+    running eagerly. Under torchrun each rank is then reseeded from `(trainer.seed, rank)`
+    (`harness.core.seed.seed_rank`): ranks draw different dropout masks, the same ones on every run."""
     t = recipe.trainer
     check_monitors(recipe, validates=True if indices is not None else None)  # a fold validates on its held-out fold
     check_classes(recipe.optim, recipe.loss, recipe.scheduler)  # unknown names and keywords: before the data
+    if t.compile:
+        torch._dynamo.reset()
     model = build_model(recipe.model)
     initialised = None if resuming else init_model(model, recipe.model)
     data = build_data(recipe.data, env.device, t.seed, overfit_batches=t.overfit_batches,
@@ -90,6 +99,8 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     trainer = build_trainer(recipe, model, data, run_dir, env.device, extra_callbacks=callbacks,
                             resume_hint=resume_hint, trainer_class=trainer_class, checkpoints=checkpoints)
     check_model_fits_data(recipe, trainer, data)
+    if env.dist.world_size > 1:  # after the model is built: its initial weights are the same on every rank
+        seed_rank(t.seed, env.dist.rank)
     return Training(model, data, trainer, initialised)
 
 

@@ -21,7 +21,7 @@ from harness.recipe.schema import Recipe, flat_keys
 # when the run is rebuilt and nothing in the checkpoint overrides them.
 MAY_CHANGE = (
     "trainer.epochs",  # train longer or shorter (not with a per-step schedule: see check_resume)
-    "trainer.device", "trainer.deterministic", "trainer.compile", "trainer.channels_last",
+    "trainer.device", "trainer.deterministic", "trainer.compile", "trainer.channels_last", "trainer.sync_batchnorm",
     "trainer.grad_clip_norm", "trainer.grad_clip_value", "trainer.on_nonfinite", "trainer.max_nonfinite_skips",
     # an early stopping or EMA already in the run may be tuned; adding or removing one would renumber
     # the callbacks whose states the checkpoint holds

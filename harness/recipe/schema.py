@@ -67,7 +67,7 @@ class DataConfig(Section):
     mean: list[float] | None = None  # per channel, [0, 1] scale; None: the dataset's (image_folder: ImageNet's)
     std: list[float] | None = None
     num_workers: int | None = Field(None, ge=0)  # DataLoader path; None: min(4, CPUs)
-    pin_memory: bool | None = None  # DataLoader path; None: when CUDA is available
+    pin_memory: bool | None = None  # DataLoader path; None: when the run trains on CUDA
     persistent_workers: bool | None = None  # DataLoader path; None: when num_workers > 0
 
     @field_validator("name")
@@ -144,6 +144,7 @@ class TrainerConfig(Section):
     deterministic: bool = False  # deterministic kernels (may be slower on CUDA)
     precision: Literal["32", "bf16", "16"] = "32"  # 16 needs CUDA; bf16 autocasts on CPU and CUDA
     compile: bool = False  # torch.compile the model
+    sync_batchnorm: bool = False  # torchrun on CUDA: BatchNorm statistics over all ranks' batches
     channels_last: bool = False  # NHWC memory format for conv nets (faster with bf16 on GPUs)
     accumulate_grad_batches: int = Field(1, gt=0)  # optimizer step every N batches
     grad_clip_norm: float | None = Field(None, gt=0)  # clip total gradient norm to this
