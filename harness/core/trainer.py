@@ -264,7 +264,7 @@ class Trainer:
         group_loss: Tensor | None = None  # sum of the losses of the current accumulation group
         checked, started, distributed = 0, time.perf_counter(), is_distributed()
         for i, batch in enumerate(bar, start=start):
-            batch = self._to_device(batch)
+            batch = self.to_device(batch)
             step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
             with gradient_sync(self.model, step_ends):  # under DDP: all-reduce on a group's last batch only
                 with self.autocast():
@@ -419,7 +419,7 @@ class Trainer:
             metric.reset()
         try:
             for batch in islice(data, _num_batches(data, limit)):
-                batch = self._to_device(batch)
+                batch = self.to_device(batch)
                 with self.autocast():
                     loss, preds, target = self.validation_step(batch)
                 self.loss_metric.update(loss.detach(), weight=target.shape[0])
@@ -580,7 +580,9 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------------ internals
-    def _to_device(self, batch: Any) -> Any:
+    def to_device(self, batch: Any) -> Any:
+        """A batch on the Trainer's device, as the loops feed it to the steps (with `compile`, its batch
+        dimension marked dynamic)."""
         batch = move_to_device(batch, self.device)
         if self.compiled:  # one graph for every batch size: the short last batch does not recompile
             mark_batch_dynamic(batch)

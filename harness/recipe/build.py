@@ -17,7 +17,6 @@ from torch import nn
 
 from harness import metrics
 from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
-from harness.core.device import move_to_device
 from harness.core.distributed import is_distributed, is_main_process
 from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.trainer import Trainer
@@ -344,7 +343,7 @@ def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
         if batch is None:
             return
         with torch.no_grad(), trainer.autocast():
-            _, preds, target = trainer.validation_step(move_to_device(batch, trainer.device))
+            _, preds, target = trainer.validation_step(trainer.to_device(batch))  # as validate feeds it
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise HarnessError(f"model.name={recipe.model.name} does not fit data.name={recipe.data.name} "
