@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from conftest import REPO
+from hang_guard import HANG_GUARD_S
 
 COMMANDS = ("train", "evaluate", "cv", "compare", "sweep", "lr_find", "export", "compress")
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def test_import_contracts_are_kept() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, write_fake_mnist
+from hang_guard import HANG_GUARD_S
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harness.core.checkpoint import read_checkpoint
@@ -42,7 +43,7 @@ def train(root: Path, data: Path, *extra: str, kill: str | None = None) -> subpr
     if kill is not None:
         env["HARNESS_KILL_AT"] = kill
     cmd = [sys.executable, "-m", "harness.train", *extra]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def outcome(run: Path) -> dict:

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, best_pt_test_accuracy, real_data_dir, requires_mnist, write_fake_mnist
+from hang_guard import HANG_GUARD_S
 
 
 def train(*args: str, data_root: Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HARNESS_DATA_DIR": str(data_root)}
     return subprocess.run([sys.executable, "-m", "harness.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def only_run_dir(root: Path) -> Path:

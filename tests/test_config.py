@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hang_guard import HANG_GUARD_S
 
 from harness.errors import HarnessError
 from harness.recipe.schema import Recipe, load_recipe, parse_override
@@ -140,7 +141,7 @@ def test_missing_recipe() -> None:
 
 def _cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harness.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 @pytest.mark.parametrize(
@@ -222,6 +223,6 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys, runpy; sys.argv=['harness.train','--help']\n" \
            "try:\n    runpy.run_module('harness.train', run_name='__main__')\nexcept SystemExit: pass\n" \
            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert "python -m harness.train" in out.stdout
     assert out.stdout.strip().endswith("NO-TORCH")

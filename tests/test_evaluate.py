@@ -19,6 +19,7 @@ import sklearn.metrics as skm
 import torch
 import torch.nn.functional as F
 from conftest import REPO, write_idx
+from hang_guard import HANG_GUARD_S
 
 from harness.core.checkpoint import read_checkpoint
 from harness.core.figures import confusion_matrix_figure
@@ -162,7 +163,7 @@ def test_ema_weights_are_scored_when_the_recipe_has_ema(trained, tmp_path: Path)
 def run_evaluate(*args: str, data_root: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HARNESS_DATA_DIR": str(data_root)}
     return subprocess.run([sys.executable, "-m", "harness.evaluate", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def test_command_end_to_end(trained) -> None:

@@ -19,6 +19,7 @@ import pytest
 import sklearn.metrics as skm
 import torch
 import torch.distributed as dist
+from hang_guard import HANG_GUARD_S
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import UndefinedMetricWarning
@@ -379,7 +380,7 @@ class ThreadedWorld:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=60)
+            t.join(timeout=HANG_GUARD_S)
         if errors:
             raise errors[0]
         return results

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import REPO, real_data_dir, requires_mnist, write_fake_mnist
+from hang_guard import HANG_GUARD_S
 from torch import nn
 from torch.optim import lr_scheduler
 
@@ -155,7 +156,7 @@ def test_kill_9_during_checkpoint_saves_never_leaves_a_broken_last_pt(tmp_path: 
         saved_once = spawn.Event()
         child = spawn.Process(target=_save_forever, args=(str(path), 1000 * kill, saved_once), daemon=True)
         child.start()
-        assert saved_once.wait(timeout=120)
+        assert saved_once.wait(timeout=HANG_GUARD_S)
         time.sleep(rng.uniform(0.0, 0.05))  # a few saves in: the kill lands anywhere in one
         os.kill(child.pid, signal.SIGKILL)
         child.join()
@@ -179,7 +180,7 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harness.train", *args], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def only_run_dir(root: Path) -> Path:
@@ -259,14 +260,14 @@ def start_and_signal(args: list[str], tmp_path: Path, signum: int) -> subprocess
     process = subprocess.Popen([sys.executable, "-m", "harness.train", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = tmp_path / "marker"
-    deadline = time.monotonic() + 120  # a run that never reaches its first batch fails, not hangs
+    deadline = time.monotonic() + HANG_GUARD_S  # a run that never reaches its first batch fails, not hangs
     while not marker.exists() and process.poll() is None:  # wait for the first training batch
         if time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"no training batch within 120 s: {process.communicate()[1][-2000:]}")
+            pytest.fail(f"no training batch within {HANG_GUARD_S} s: {process.communicate()[1][-2000:]}")
         time.sleep(0.05)
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -285,7 +286,7 @@ def test_sigterm_mid_epoch_saves_last_pt_and_the_printed_resume_completes(tmp_pa
     assert hint[:3] == ["python", "-m", "harness.train"] and "--resume" in hint
     env = {**cli_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
     resumed = subprocess.run([sys.executable, *hint[1:]], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=300)
+                             timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, resumed.stderr
     run_dir = last.parent.parent
     summary = json.loads((run_dir / "summary.json").read_text())

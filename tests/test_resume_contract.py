@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from hang_guard import HANG_GUARD_S
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harness.core.checkpoint import read_checkpoint
@@ -167,7 +168,7 @@ def _cli(*argv: str, kill: str | None = None) -> subprocess.CompletedProcess[str
     if kill:
         env["HARNESS_KILL_AT"] = kill
     return subprocess.run([sys.executable, "-m", "harness.train", *argv], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_GUARD_S)
 
 
 def test_sigterm_during_the_final_test_says_how_to_finish_and_the_resume_tests_once(args, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO
+from hang_guard import HANG_GUARD_S
 
 from harness.errors import HarnessError
 from harness.recipe.run_folder import new_run_folder, write_json
@@ -49,9 +50,9 @@ def test_processes_creating_run_folders_at_once_all_get_their_own(tmp_path: Path
                for _ in range(processes)]
     for worker in workers:
         worker.start()
-    outcomes = [results.get(timeout=60) for _ in workers]
+    outcomes = [results.get(timeout=HANG_GUARD_S) for _ in workers]
     for worker in workers:
-        worker.join(timeout=60)
+        worker.join(timeout=HANG_GUARD_S)
     made = [folder for folders, _ in outcomes for folder in folders]
     failed = [error for _, errors in outcomes for error in errors]
     assert failed == []
@@ -68,7 +69,7 @@ def test_a_logging_root_that_is_a_file_fails_before_any_data_is_read(tmp_path: P
     env = {**os.environ, "HARNESS_DATA_DIR": str(tmp_path / "no-data")}
     result = subprocess.run([sys.executable, "-m", f"harness.{command}", "recipes/mnist_mlp.yaml",
                              "data.download=false", f"logging.root={in_the_way}"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import write_fake_mnist
+from hang_guard import HANG_GUARD_S
 
 pytest.importorskip("tensorboard", reason="the tensorboard package is not installed: no server to start")
 
@@ -61,14 +62,14 @@ def tensorboard_server(logdir: Path, scratch: Path) -> Iterator[str]:
 
 def get(url: str, path: str, **params: str) -> Any:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with urllib.request.urlopen(url + path + query, timeout=30) as response:
+    with urllib.request.urlopen(url + path + query, timeout=HANG_GUARD_S) as response:
         return json.load(response)
 
 
 def post(url: str, path: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=HANG_GUARD_S) as response:
         return json.load(response)
 
 
