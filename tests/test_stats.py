@@ -208,3 +208,63 @@ def test_holm_on_a_worked_example() -> None:
     assert holm_adjust([0.5]) == [0.5] and holm_adjust([0.6, 0.7]) == [1.0, 1.0] and holm_adjust([]) == []
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm_adjust([0.1, 1.5])
+
+def _scores(classes: int, n: int, seed: int, ties: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities that rank the true class high, often not first; rounded logits give tied scores."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, classes, (n,), generator=g)
+    logits = torch.randn(n, classes, generator=g) + 1.5 * torch.nn.functional.one_hot(target, classes)
+    if ties:
+        logits = (logits * 2).round() / 2
+    return logits.softmax(dim=1).double(), target
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("name", "classes", "average"), [("auroc", 2, "macro"), ("auroc", 4, "macro"),
+                                                          ("auroc", 4, "weighted"), ("ap", 2, "macro"),
+                                                          ("ap", 4, "macro"), ("ap", 4, "weighted")])
+def test_score_bootstrap_equals_resampling_by_hand_with_sklearn(name: str, classes: int, average: str,
+                                                                ties: bool) -> None:
+    # AUROC and average precision take the weighted pass (every resample at once); each resample
+    # scored here on its own by scikit-learn must give the same values, so the same interval.
+    from harness.metrics import AUROC, AveragePrecision
+
+    probs, target = _scores(classes, 150, seed=5, ties=ties)
+    metric = (AUROC if name == "auroc" else AveragePrecision)(classes, average=average)
+    low, high = bootstrap_ci(metric, probs, target, n_resamples=100, seed=7)
+    indices = torch.randint(0, 150, (100, 150), generator=torch.Generator().manual_seed(7)).numpy()
+    y, p = target.numpy(), probs.numpy()
+
+    def sk(i: np.ndarray) -> float:
+        if classes == 2:
+            fn = skm.roc_auc_score if name == "auroc" else skm.average_precision_score
+            return fn(y[i], p[i, 1])
+        if name == "auroc":
+            return skm.roc_auc_score(y[i], p[i], multi_class="ovr", average=average, labels=range(classes))
+        return skm.average_precision_score(np.eye(classes)[y[i]], p[i], average=average)
+
+    values = np.array([sk(i) for i in indices])
+    assert (low, high) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])), abs=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "max"])
+def test_calibration_bootstrap_equals_the_metric_on_each_resample(norm: str) -> None:
+    from harness.metrics import CalibrationError
+    from harness.stats.intervals import _resample_indices
+    from harness.stats.score_bootstrap import weighted_resample_values
+
+    probs, target = _scores(5, 400, seed=6, ties=True)
+    metric = CalibrationError(5, n_bins=10, norm=norm)
+    indices = _resample_indices(400, 50, seed=2, device=target.device)
+    weighted = weighted_resample_values(metric, probs, target, indices)
+    one_by_one = []
+    for rows in indices:  # the metric's own update / compute on each resample
+        metric.reset()
+        metric.update(probs[rows], target[rows])
+        one_by_one.append(metric.compute().item())
+    assert weighted.tolist() == pytest.approx(one_by_one, abs=1e-12)
+    # torchmetrics on the first resample (its bins are the same away from a confidence of exactly 1)
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    oracle = MulticlassCalibrationError(num_classes=5, n_bins=10, norm=norm)(probs[indices[0]], target[indices[0]])
+    assert weighted[0].item() == pytest.approx(oracle.item(), abs=1e-6)

@@ -321,8 +321,7 @@ def calibration_bins(
     bool scalar) counts the whole batch or none of it.
     """
     confidence, predicted = probs.max(dim=1)
-    boundaries = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=probs.device)
-    index = (torch.bucketize(confidence, boundaries, right=True) - 1).clamp(0, n_bins - 1)
+    index = calibration_bin_index(confidence, n_bins)
     weight = torch.ones_like(index) if mask is None else mask.long().expand_as(index)
     correct = (predicted == target).long() * weight
     conf_sum = torch.zeros(n_bins, dtype=torch.float64, device=probs.device)
@@ -332,19 +331,26 @@ def calibration_bins(
     return conf_sum, correct_sum, count
 
 
+def calibration_bin_index(confidence: Tensor, n_bins: int) -> Tensor:
+    """The bin of each top-1 confidence: ``[k / n_bins, (k + 1) / n_bins)``, the last one closed at 1."""
+    boundaries = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=confidence.device)
+    return (torch.bucketize(confidence, boundaries, right=True) - 1).clamp(0, n_bins - 1)
+
+
 def calibration_error_from_bins(conf_sum: Tensor, correct_sum: Tensor, count: Tensor, norm: str) -> Tensor:
     """The calibration error from per-bin sums: over the bins, the gap between accuracy and mean
     confidence, ``"l1"``: weighted by the bins' shares of the samples (ECE), ``"l2"``: the square
     root of the weighted mean of its square, ``"max"``: the largest (MCE; an empty bin has no gap).
-    A float64 scalar, NaN before any sample (a calibration error of 0 would look perfect)."""
+    A float64 scalar, NaN before any sample (a calibration error of 0 would look perfect). The bins
+    are the last dimension: ``(B, n_bins)`` sums give the ``(B,)`` errors of B sets of bins at once."""
     gap = (safe_divide(correct_sum, count) - safe_divide(conf_sum, count)).abs()
-    share = count.double() / count.sum()
+    share = count.double() / count.sum(dim=-1, keepdim=True)
     if norm == "l1":
-        return (gap * share).sum()
+        return (gap * share).sum(dim=-1)
     if norm == "l2":
-        return (gap.square() * share).sum().sqrt()
+        return (gap.square() * share).sum(dim=-1).sqrt()
     if norm == "max":
-        return torch.where(count.sum() > 0, gap.max(), torch.full_like(gap[0], float("nan")))
+        return torch.where(count.sum(dim=-1) > 0, gap.max(dim=-1).values, float("nan"))
     raise ValueError(f"norm must be one of {CALIBRATION_NORMS}, got {norm!r}")
 
 

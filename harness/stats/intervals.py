@@ -12,9 +12,10 @@ not over training seeds: that is a different question, answered by training agai
   down to small samples and near 0 or 1, where the normal approximation fails.
 - `bootstrap_ci`: the percentile bootstrap over samples for any harness metric. Confusion-matrix
   metrics (Accuracy with top_k=1, Precision, Recall, F1Score) resample every confusion matrix at
-  once (one `bincount` of (resample, cell) pairs); any other metric is updated once per resample
-  with a batch of indices (a loop over resamples, never over samples). Seeded: the same call gives
-  the same interval.
+  once (one `bincount` of (resample, cell) pairs); AUROC, average precision (exact mode) and the
+  calibration error weight each sample by how often a resample drew it, all resamples in one
+  vectorised pass (`score_bootstrap`); any other metric is updated once per resample with a batch of
+  indices (a loop over resamples, never over samples). Seeded: the same call gives the same interval.
 - `confmat_bootstrap`: the same resampling when only the summed confusion matrix is known (after a
   distributed evaluation): drawing N samples with replacement from N samples is a multinomial draw
   over the matrix's cells with probabilities count / N.
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from harness.metrics import Accuracy, F1Score, Precision, Recall
 from harness.metrics.functional import to_labels
+from harness.stats.score_bootstrap import weighted_resample_values
 
 CONFMAT_METRICS = (Accuracy, Precision, Recall, F1Score)
 
@@ -142,6 +144,9 @@ def _resampled_values(metric: Any, preds: Tensor, target: Tensor, indices: Tenso
         resample = torch.arange(indices.shape[0], device=indices.device).unsqueeze(1)
         counts = torch.bincount((resample * c * c + cells[indices]).flatten(), minlength=indices.shape[0] * c * c)
         return value_of(counts.view(-1, c, c))
+    weighted = weighted_resample_values(metric, preds, target, indices)  # AUROC, average precision, ECE
+    if weighted is not None:
+        return weighted
     values = []
     for rows in indices:  # any other metric: its own update / compute, once per resample
         metric.reset()
