@@ -52,6 +52,22 @@ def write_fake_mnist(
     return arrays
 
 
+def write_learnable_mnist(root: Path, n_train: int = 400, n_test: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
+    """MNIST-format IDX files: image = 0.4 * its class template + 0.6 * noise; test labels unbalanced."""
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, (10, 28, 28))
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n, weights in (("train", n_train, np.ones(10)), ("t10k", n_test, np.arange(1.0, 11.0))):
+        labels = rng.choice(10, size=n, p=weights / weights.sum()).astype(np.uint8)
+        images = (0.4 * templates[labels] + 0.6 * rng.integers(0, 256, (n, 28, 28))).astype(np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        arrays[prefix] = (images, labels.astype(np.int64))
+    return {"test_images": arrays["t10k"][0], "test_labels": arrays["t10k"][1]}
+
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

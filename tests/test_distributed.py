@@ -131,7 +131,7 @@ def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
     from harness.workflows.evaluation import evaluate
 
     data = tmp_path / "data"
-    write_fake_mnist(data, n_train=300, n_test=101)
+    arrays = write_fake_mnist(data, n_train=300, n_test=101)
     env = {**os.environ, "HARNESS_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
     common = ["data.val_size=50", "data.eval_batch_size=20", "trainer.progress=false"]
     subprocess.run([sys.executable, "-m", "harness.train", "recipes/mnist_mlp.yaml", "trainer.epochs=1", *common,
@@ -144,8 +144,23 @@ def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
     assert ranked.stdout.count("confusion matrix") == 1  # rank 0 alone reports
     written = json.loads(next(best.parent.parent.glob("eval-best-test.json")).read_text())
 
+    csv_path = best.parent.parent / "predictions-best-test.csv"
+    ranked_rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+
     recipe = load_recipe(REPO / "recipes/mnist_mlp.yaml", [*common, f"data.root={data}"])
-    single = evaluate(recipe, best, "test", write=False, verbose=False)
+    single = evaluate(recipe, best, "test", verbose=False)  # writes the same files, from one process
+    single_rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+    # The ranks' kept predictions, gathered, come back in the order of the split: row i is sample i.
+    assert [int(row[0]) for row in ranked_rows] == list(range(101))
+    assert [int(row[1]) for row in ranked_rows] == arrays[False][1].tolist()
+    assert [row[:5] for row in ranked_rows] == [row[:5] for row in single_rows]  # index, target, prediction
+    assert [float(row[5]) for row in ranked_rows] == pytest.approx([float(row[5]) for row in single_rows], rel=1e-5)
+    assert written["confused_pairs"] == single["confused_pairs"]
+    def mistakes(report):  # the most confident mistakes of all ranks: the same samples as in one process
+        return sorted((m["index"], m["target"], m["predicted"]) for m in report["mistakes"]["shown"])
+
+    assert len(written["mistakes"]["shown"]) == 16 and mistakes(written) == mistakes(single)
+    assert written["auroc"] == pytest.approx(single["auroc"], rel=1e-6)
     assert written["confusion_matrix"] == single["confusion_matrix"]
     assert sum(map(sum, written["confusion_matrix"])) == 101
     assert written["accuracy"] == single["accuracy"]

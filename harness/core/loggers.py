@@ -133,5 +133,12 @@ class TensorBoardLogger:
         """An (H, W, 3) uint8 array, e.g. a rendered figure."""
         self.writer.add_image(tag, image, global_step=step, dataformats="HWC")
 
+    def pr_curve(self, tag: str, labels: Any, probabilities: Any, step: int, num_thresholds: int = 127) -> None:
+        """A precision-recall curve for TensorBoard's PR CURVES tab: `labels` (bool, the positives) and
+        `probabilities` in [0, 1] of the same samples. The plugin stores TP, FP, TN and FN at each of
+        `num_thresholds` evenly spaced thresholds (127 at most: torch's writer caps it there), so the ROC
+        curve of the same samples can be read from it too."""
+        self.writer.add_pr_curve(tag, labels, probabilities, global_step=step, num_thresholds=num_thresholds)
+
     def close(self) -> None:
         self.writer.close()

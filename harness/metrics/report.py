@@ -3,7 +3,8 @@
 `classification_summary(confmat, classes)` derives everything per class and averaged from a
 `(C, C)` count matrix with `harness.metrics.functional` (no metric math here);
 `format_classification_report` lays it out like scikit-learn's `classification_report`;
-`format_confusion_matrix` prints the counts. (The picture of the matrix is drawn by
+`format_confusion_matrix` prints the counts; `most_confused_pairs` finds its largest off-diagonal
+cells. (The picture of the matrix is drawn by
 `harness.core.figures.confusion_matrix_figure`.)
 """
 
@@ -84,6 +85,37 @@ def format_confusion_matrix(confmat: torch.Tensor | Sequence[Sequence[int]], cla
     rows = [f"{name:>{width}} " + "".join(f"{v:>{cell}}" for v in counts)
             for name, counts in zip(classes, confmat.tolist(), strict=True)]
     return "\n".join([head, *rows])
+
+
+def most_confused_pairs(confmat: torch.Tensor | Sequence[Sequence[int]], classes: Sequence[str],
+                        n: int = 10) -> list[dict[str, Any]]:
+    """The `n` largest off-diagonal cells of a confusion matrix (rows = true class): which true class is
+    most often predicted as which other one. Cells with no sample are left out.
+
+    Returns, largest count first (ties: in row-major order), `{"true", "predicted"` (class names),
+    `"true_index", "predicted_index", "count", "share_of_true"}`: count over the true class's support.
+    """
+    confmat = torch.as_tensor(confmat, dtype=torch.int64)
+    c = confmat.shape[0]
+    off_diagonal = confmat.masked_fill(torch.eye(c, dtype=torch.bool, device=confmat.device), 0).flatten()
+    order = torch.argsort(off_diagonal, descending=True, stable=True)[:n]
+    support = confmat.sum(dim=1)
+    pairs = []
+    for cell, count in zip(order.tolist(), off_diagonal[order].tolist(), strict=True):  # n cells, not samples
+        if count == 0:
+            break
+        true, predicted = divmod(cell, c)
+        pairs.append({"true": classes[true], "predicted": classes[predicted], "true_index": true,
+                      "predicted_index": predicted, "count": count, "share_of_true": count / int(support[true])})
+    return pairs
+
+
+def format_confused_pairs(pairs: Sequence[dict[str, Any]]) -> str:
+    """One line per pair: `true -> predicted  count  share of the true class`."""
+    if not pairs:
+        return "(no mistakes)"
+    rows = [[p["true"], "->", p["predicted"], p["count"], f"{100 * p['share_of_true']:.2f} %"] for p in pairs]
+    return format_table(["true", "", "predicted", "count", "of the true class"], rows)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], markdown: bool = False) -> str:

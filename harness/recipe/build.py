@@ -284,17 +284,18 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
 
 
 def build_evaluator(recipe: Recipe, model: nn.Module, device: torch.device, metric_cfg: dict[str, MetricConfig],
-                    num_classes: int) -> Trainer:
+                    num_classes: int, trainer_class: type[Trainer] = Trainer) -> Trainer:
     """A Trainer that only scores (no optimizer, hence no DDP wrapper and no gradients) over whole
     splits: the recipe's loss, precision and channels_last, and the metrics a report needs. The
     recipe's batch limits (`limit_val_batches`, `fast_dev_run`, `overfit_batches`) are training
-    budgets and do not apply."""
+    budgets and do not apply. `trainer_class`: a Trainer subclass to build (one that keeps per-sample
+    predictions, say)."""
     t = recipe.trainer
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Trainer(model, None, build_loss(recipe.loss), build_metrics(metric_cfg, num_classes), device=device,
-                   precision=t.precision, loggers=[], progress=False)
+    return trainer_class(model, None, build_loss(recipe.loss), build_metrics(metric_cfg, num_classes),
+                         device=device, precision=t.precision, loggers=[], progress=False)
 
 
 class BatchLimits:

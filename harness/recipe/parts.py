@@ -115,8 +115,10 @@ class Evaluation:
 
 
 def build_evaluation(recipe: Recipe, env: Setup, checkpoint: str | Path, split: str,
-                     metrics: Callable[[int], dict[str, MetricConfig]]) -> Evaluation:
-    """What scoring `checkpoint` on the recipe's `split` needs; `metrics(num_classes)` names the metrics.
+                     metrics: Callable[[int], dict[str, MetricConfig]],
+                     trainer_class: type[Trainer] = Trainer) -> Evaluation:
+    """What scoring `checkpoint` on the recipe's `split` needs; `metrics(num_classes)` names the metrics,
+    `trainer_class` the Trainer (sub)class that scores.
 
     Refuses (HarnessError) a checkpoint of another model or data set, and a val split that would
     hold images the checkpoint was trained on."""
@@ -131,5 +133,6 @@ def build_evaluation(recipe: Recipe, env: Setup, checkpoint: str | Path, split: 
     loader = data.test if split == "test" else data.val
     if loader is None:
         raise HarnessError("--split val: the recipe holds out no validation images (data.val_size is 0)")
-    evaluator = build_evaluator(recipe, model, env.device, metrics(data.num_classes), data.num_classes)
+    evaluator = build_evaluator(recipe, model, env.device, metrics(data.num_classes), data.num_classes,
+                                trainer_class)
     return Evaluation(evaluator.model, state, weights, data, loader, evaluator)

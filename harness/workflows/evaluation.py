@@ -1,9 +1,13 @@
 """Score a checkpoint on a split: the work of `python -m harness.evaluate`, as a Python function.
 
 Builds the model and data from the recipe (the same builders as `harness.train`), loads the
-checkpoint's weights and runs the Trainer's validation pass over the whole split, counting one
-confusion matrix. From it: accuracy, precision / recall / F1 per class and micro / macro / weighted
-averaged (sklearn's `classification_report`, the same numbers), plus the loss and top-5 accuracy.
+checkpoint's weights and runs ONE validation pass over the whole split. The pass counts one
+confusion matrix, from which come accuracy, precision / recall / F1 per class and micro / macro /
+weighted averaged (sklearn's `classification_report`, the same numbers), plus the loss and top-5
+accuracy; and it keeps every sample's class probabilities and target on the device
+(`harness.core.predictions.PredictionRecorder`, 8·C + 16 bytes a sample), from which come the
+calibration (ECE and its bins), AUROC and average precision per class and averaged, the ROC and PR
+curves, the most confused class pairs, the most confident mistakes and the predictions file.
 
 Weights: the raw model weights, or the EMA average when the recipe has `trainer.ema` (the
 checkpoint must then hold one). The recipe's `limit_val_batches`, `fast_dev_run` and
@@ -11,38 +15,53 @@ checkpoint must then hold one). The recipe's `limit_val_batches`, `fast_dev_run`
 
 Files, in the run folder of the checkpoint (`<run>/checkpoints/best.pt` -> `<run>/`; a checkpoint
 elsewhere: its own folder), named after the checkpoint and the split so that evaluating best and
-last, or test and val, keeps every result:
+last, or test and val, keeps every result (`harness.workflows.evaluation_files` writes them):
 
-    eval-<checkpoint>-<split>.json           everything printed, as plain data (+ "speed" with --speed)
-    eval-<checkpoint>-<split>-confusion.png  the confusion matrix, rows normalised to 100 %
-    events.out.tfevents.*.eval               TensorBoard, at step = the checkpoint's epoch:
-                                             eval/<split>/confusion_matrix (image),
-                                             eval/<split>/{loss,accuracy,top5_accuracy},
-                                             eval/<split>/{precision,recall,f1}_{micro,macro,weighted},
-                                             eval/<split>/{precision,recall,f1}/<class>
+    eval-<checkpoint>-<split>.json              everything printed, as plain data (+ "speed" with --speed)
+    eval-<checkpoint>-<split>-confusion.png     the confusion matrix, rows normalised to 100 %
+    eval-<checkpoint>-<split>-reliability.png   the reliability diagram, its ECE written on it
+    predictions-<checkpoint>-<split>.csv        one row per sample: index in the split, target,
+                                                prediction, its probability, the top-5 classes
+    events.out.tfevents.*.eval                  TensorBoard, at step = the checkpoint's epoch:
+        scalars  eval/<split>/{loss,accuracy,top5_accuracy,ece,auroc,average_precision},
+                 eval/<split>/{precision,recall,f1}_{micro,macro,weighted}
+        images   eval/<split>/{confusion_matrix,reliability,roc_curves,confident_mistakes},
+                 eval/<split>/per_class/{precision,recall,f1} (one bar chart over the classes each)
+        PR curves eval/<split>/pr_curve/<class> (one class against the rest)
 
-`evaluate(recipe, checkpoint)` returns that data.
+`evaluate(recipe, checkpoint)` returns that data. Module layout: this file runs the pass and gathers
+the figures; `evaluation_analysis` derives what the per-sample predictions say; `evaluation_files`
+writes; `evaluation_report` lays out the printed report.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from harness.core.figures import confusion_matrix_figure, figure_to_array, save_figure
-from harness.core.loggers import TensorBoardLogger
-from harness.core.speed import format_speed, measure_inference
-from harness.metrics.report import classification_summary, format_classification_report, format_confusion_matrix
+from harness.core.predictions import PredictionRecorder, Predictions
+from harness.core.speed import measure_inference
+from harness.metrics import AUROC, AveragePrecision, CalibrationError
+from harness.metrics.report import classification_summary, most_confused_pairs
 from harness.recipe.parts import build_evaluation, setup
-from harness.recipe.run_folder import results_folder, write_json
 from harness.recipe.schema import MetricConfig, Recipe, load_recipe
-from harness.stats import batched_precision_recall_f1, percentile_interval, resample_confmat, wilson_interval
+from harness.stats import (
+    batched_precision_recall_f1,
+    bootstrap_ci,
+    percentile_interval,
+    resample_confmat,
+    wilson_interval,
+)
+from harness.workflows.evaluation_analysis import calibration, ranking
+from harness.workflows.evaluation_files import write_outputs
+from harness.workflows.evaluation_report import format_evaluation
 
 TOP_K = 5  # top-k accuracy is reported when there are more than this many classes
 CONFIDENCE = 0.95  # of every interval reported
 RESAMPLES = 1000  # bootstrap resamples: the interval's ends move by about 0.1 % of its width between seeds
+CONFUSED_PAIRS = 10  # the largest off-diagonal cells of the confusion matrix, reported
+CALIBRATION_BINS = 15  # unless the recipe has a calibration_error metric: then its n_bins
 
 
 def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "test", *, speed: bool = False,
@@ -50,14 +69,16 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     """Score `checkpoint` on the recipe's `split` ("test" or "val"); returns plain data.
 
     `recipe` is a validated `Recipe` or the path of a YAML file. With `write` (default) the JSON,
-    the PNG and the TensorBoard events go into the checkpoint's run folder; `verbose` prints the
+    PNGs, CSV and TensorBoard events go into the checkpoint's run folder; `verbose` prints the
     report. `speed=True` adds `measure_inference` at batch sizes 1 and `data.eval_batch_size`.
     Bad input (missing or corrupt checkpoint, a checkpoint of another model) raises HarnessError.
 
     Returns {"checkpoint", "epoch", "weights", "split", "num_samples", "device", "loss", "accuracy",
-    "top5_accuracy" (more than 5 classes), "averages": {micro|macro|weighted: {precision, recall, f1}},
-    "per_class": {class name: {precision, recall, f1, support}}, "classes", "confusion_matrix"
-    (counts, rows = true class), "eval_seconds", "files", "speed" (with speed=True)}.
+    "top5_accuracy" (more than 5 classes), "ece", "auroc", "average_precision",
+    "averages": {micro|macro|weighted: {precision, recall, f1}},
+    "per_class": {class name: {precision, recall, f1, support, auroc, average_precision}}, "classes",
+    "confusion_matrix" (counts, rows = true class), "confused_pairs", "calibration" (the bins),
+    "intervals", "mistakes", "eval_seconds", "files" (with write), "speed" (with speed=True)}.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
@@ -65,13 +86,15 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     # Under torchrun each rank scores its shard (no padding) and the counts are summed: exact.
     env = setup(recipe)
     write, verbose, speed = write and env.dist.is_main, verbose and env.dist.is_main, speed and env.dist.is_main
-    parts = build_evaluation(recipe, env, checkpoint, split, report_metrics)
+    parts = build_evaluation(recipe, env, checkpoint, split, report_metrics, trainer_class=PredictionRecorder)
     started = time.perf_counter()
     scores = parts.evaluator.validate(parts.loader, prefix=split)
+    kept = parts.evaluator.predictions()  # the same pass, sample by sample (gathered from every rank)
     eval_seconds = time.perf_counter() - started
 
     confmat = scores[f"{split}/confusion_matrix"]
-    summary = classification_summary(confmat, parts.data.classes)
+    classes = list(parts.data.classes)
+    summary = classification_summary(confmat, classes)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "epoch": parts.state["epoch"],
@@ -84,9 +107,15 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     }
     if f"{split}/top{TOP_K}" in scores:
         result[f"top{TOP_K}_accuracy"] = scores[f"{split}/top{TOP_K}"]
-    result.update(averages=summary["averages"], per_class=summary["per_class"], classes=list(parts.data.classes),
-                  confusion_matrix=confmat, eval_seconds=round(eval_seconds, 3))
-    result["intervals"] = intervals(result, confmat)
+    n_bins = reliability_bins(recipe)
+    bins = calibration(kept, n_bins)
+    scored = ranking(kept, classes)
+    result.update(ece=bins["ece"], auroc=scored["auroc"], average_precision=scored["average_precision"])
+    per_class = {name: {**values, **scored["per_class"][name]} for name, values in summary["per_class"].items()}
+    result.update(averages=summary["averages"], per_class=per_class, classes=classes, confusion_matrix=confmat,
+                  confused_pairs=most_confused_pairs(confmat, classes, CONFUSED_PAIRS), calibration=bins,
+                  mistakes=mistakes_entry(kept), eval_seconds=round(eval_seconds, 3))
+    result["intervals"] = intervals(result, confmat, kept, n_bins)
     if speed:
         inputs, _ = next(iter(parts.loader))
         # timed as the run computes: the recipe's precision and memory format
@@ -94,18 +123,21 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
                                             device=env.device, precision=recipe.trainer.precision,
                                             channels_last=recipe.trainer.channels_last)
     if write:
-        result["files"] = _write_outputs(result, summary, checkpoint)
+        result["files"] = write_outputs(result, summary, checkpoint, kept)
     if verbose:
         print(format_evaluation(result, summary), flush=True)
     return result
 
 
-def intervals(result: dict[str, Any], confmat: list[list[int]], confidence: float = CONFIDENCE,
-              n_resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+def intervals(result: dict[str, Any], confmat: list[list[int]], kept: Predictions | None = None,
+              n_bins: int = CALIBRATION_BINS, confidence: float = CONFIDENCE, n_resamples: int = RESAMPLES,
+              seed: int = 0) -> dict[str, Any]:
     """How sure each scalar figure is, over the sampling of the test set: accuracy and top-k accuracy
     (proportions) by the Wilson score interval; the averaged precision, recall and F1 by the
-    percentile bootstrap of the samples, drawn from the confusion matrix (`harness.stats`). The loss
-    gets none: its per-sample values are not kept."""
+    percentile bootstrap of the samples, drawn from the confusion matrix; with the per-sample
+    predictions `kept`, the ECE, AUROC and average precision by the percentile bootstrap of the
+    samples too (`harness.stats.bootstrap_ci`, the same resamples for the three). The loss gets none:
+    its per-sample values are not kept."""
     n = result["num_samples"]
     correct = sum(confmat[i][i] for i in range(len(confmat)))
     out: dict[str, Any] = {"confidence": confidence, "accuracy": [*wilson_interval(correct, n, confidence)]}
@@ -114,12 +146,20 @@ def intervals(result: dict[str, Any], confmat: list[list[int]], confidence: floa
         hits = round(result[f"top{TOP_K}_accuracy"] * n)
         out[f"top{TOP_K}_accuracy"] = [*wilson_interval(hits, n, confidence)]
         methods[f"top{TOP_K}_accuracy"] = "Wilson score"
+    bootstrap = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
     resamples = resample_confmat(confmat, n_resamples=n_resamples, seed=seed)
     for average in ("macro", "weighted"):
         values = batched_precision_recall_f1(resamples, average)
         for name, value in zip(("precision", "recall", "f1"), values, strict=True):
             out[f"{name}_{average}"] = [*percentile_interval(value, confidence)]
-            methods[f"{name}_{average}"] = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
+            methods[f"{name}_{average}"] = bootstrap
+    if kept is not None:
+        c = kept.probs.shape[1]
+        for name, metric in (("ece", CalibrationError(c, n_bins=n_bins)), ("auroc", AUROC(c)),
+                             ("average_precision", AveragePrecision(c))):
+            out[name] = [*bootstrap_ci(metric.to(kept.probs.device), kept.probs, kept.target,
+                                       n_resamples=n_resamples, confidence=confidence, seed=seed)]
+            methods[name] = bootstrap
     out["methods"] = methods
     return out
 
@@ -133,69 +173,20 @@ def report_metrics(num_classes: int) -> dict[str, MetricConfig]:
     return metrics
 
 
-def _write_outputs(result: dict[str, Any], summary: dict[str, Any], checkpoint: Path) -> dict[str, str]:
-    folder = results_folder(checkpoint)
-    split, epoch = result["split"], result["epoch"]
-    stem = f"eval-{checkpoint.stem}-{split}"
-    files = {"json": str(folder / f"{stem}.json"), "confusion_png": str(folder / f"{stem}-confusion.png"),
-             "tensorboard": str(folder)}
-    title = f"{checkpoint.name} (epoch {epoch}), {split}: accuracy {100 * result['accuracy']:.2f} %"
-    figure = confusion_matrix_figure(result["confusion_matrix"], result["classes"], title=title)
-    save_figure(figure, files["confusion_png"])
-    _log_tensorboard(folder, result, summary, figure_to_array(figure))
-    write_json(Path(files["json"]), {**result, "files": files})
-    return files
+def reliability_bins(recipe: Recipe) -> int:
+    """The reliability diagram's bins: those of the recipe's first `calibration_error` metric, so that
+    its ECE is the one the run logged; else 15."""
+    return next((m.n_bins for m in recipe.metrics.values() if m.type == "calibration_error"), CALIBRATION_BINS)
 
 
-def _log_tensorboard(folder: Path, result: dict[str, Any], summary: dict[str, Any], image: Any) -> None:
-    split, step = result["split"], result["epoch"]
-    scalars = {"loss": result["loss"], "accuracy": result["accuracy"]}
-    if f"top{TOP_K}_accuracy" in result:
-        scalars[f"top{TOP_K}_accuracy"] = result[f"top{TOP_K}_accuracy"]
-    for average, values in summary["averages"].items():
-        scalars.update({f"{name}_{average}": value for name, value in values.items()})
-    for cls, values in summary["per_class"].items():
-        scalars.update({f"{name}/{_tag(cls)}": values[name] for name in ("precision", "recall", "f1")})
-    writer = TensorBoardLogger(folder, filename_suffix=".eval")
-    try:
-        writer.image(f"eval/{split}/confusion_matrix", image, step)
-        writer.log({f"eval/{split}/{name}": value for name, value in scalars.items()}, step)
-    finally:
-        writer.close()
+def mistakes_entry(kept: Predictions) -> dict[str, Any]:
+    """What the report says about the confident mistakes: which samples are shown, or why none are."""
+    if kept.mistakes is None:
+        return {"shown": [], "skipped": f"the inputs are not images: {_shape(kept.input_shape)} a sample"}
+    m = kept.mistakes
+    return {"shown": [{"index": i, "target": t, "predicted": p, "probability": c} for i, t, p, c in zip(
+        m.index.tolist(), m.target.tolist(), m.predicted.tolist(), m.confidence.tolist(), strict=True)]}
 
 
-def _tag(name: str) -> str:
-    """A class name as a TensorBoard tag part ("0 - zero" -> "0_-_zero"); TensorBoard rejects spaces."""
-    return re.sub(r"[^-\w.]+", "_", name)
-
-
-def format_evaluation(result: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
-    """The printed report of `evaluate`: what was scored, the classification table, the matrix, speed."""
-    summary = summary or classification_summary(result["confusion_matrix"], result["classes"])
-    head = (f"# {result['checkpoint']} (epoch {result['epoch']}, {result['weights']})\n"
-            f"# {result['split']} split: {result['num_samples']} samples on {result['device']} "
-            f"in {result['eval_seconds']:.2f} s")
-    scalars = [f"loss {result['loss']:.4f} (no interval: per-sample losses are not kept)"]
-    figures = {"accuracy": result["accuracy"]}
-    if f"top{TOP_K}_accuracy" in result:
-        figures[f"top{TOP_K}_accuracy"] = result[f"top{TOP_K}_accuracy"]
-    for average in ("macro", "weighted"):
-        figures.update({f"{name}_{average}": result["averages"][average][name]
-                        for name in ("precision", "recall", "f1")})
-    bounds = result.get("intervals", {})
-    width = max(len(name) for name in figures)
-    for name, value in figures.items():
-        if name in bounds:
-            low, high = bounds[name]
-            scalars.append(f"{name:<{width}} {value:.4f} [{low:.4f}, {high:.4f}]  {bounds['methods'][name]}")
-    confidence = f"{100 * bounds['confidence']:g} % intervals over the test samples" if bounds else ""
-    parts = [head, "", format_classification_report(summary), "", f"# {confidence}".rstrip(" #"), *scalars, "",
-             "confusion matrix (rows: true class, columns: predicted class index)",
-             format_confusion_matrix(result["confusion_matrix"], result["classes"])]
-    if "speed" in result:
-        parts += ["", "# inference speed", format_speed(result["speed"])]
-    if "files" in result:
-        files = result["files"]
-        parts += ["", f"wrote {files['json']}", f"wrote {files['confusion_png']}",
-                  f"TensorBoard: eval/{result['split']}/* at step {result['epoch']} in {files['tensorboard']}"]
-    return "\n".join(parts)
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]} features" if len(shape) == 1 else "shape (" + ", ".join(map(str, shape)) + ")"
