@@ -219,10 +219,9 @@ def _scores(classes: int, n: int, seed: int, ties: bool) -> tuple[torch.Tensor, 
     return logits.softmax(dim=1).double(), target
 
 
-@pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize(("name", "classes", "average"), [("auroc", 2, "macro"), ("auroc", 4, "macro"),
-                                                          ("auroc", 4, "weighted"), ("ap", 2, "macro"),
-                                                          ("ap", 4, "macro"), ("ap", 4, "weighted")])
+@pytest.mark.parametrize(("name", "classes", "average", "ties"), [
+    ("auroc", 2, "macro", True), ("auroc", 4, "macro", False), ("auroc", 4, "weighted", True),
+    ("ap", 2, "macro", False), ("ap", 4, "macro", True), ("ap", 4, "weighted", False)])
 def test_score_bootstrap_equals_resampling_by_hand_with_sklearn(name: str, classes: int, average: str,
                                                                 ties: bool) -> None:
     # AUROC and average precision take the weighted pass (every resample at once); each resample
@@ -231,8 +230,8 @@ def test_score_bootstrap_equals_resampling_by_hand_with_sklearn(name: str, class
 
     probs, target = _scores(classes, 150, seed=5, ties=ties)
     metric = (AUROC if name == "auroc" else AveragePrecision)(classes, average=average)
-    low, high = bootstrap_ci(metric, probs, target, n_resamples=100, seed=7)
-    indices = torch.randint(0, 150, (100, 150), generator=torch.Generator().manual_seed(7)).numpy()
+    low, high = bootstrap_ci(metric, probs, target, n_resamples=60, seed=7)
+    indices = torch.randint(0, 150, (60, 150), generator=torch.Generator().manual_seed(7)).numpy()
     y, p = target.numpy(), probs.numpy()
 
     def sk(i: np.ndarray) -> float:
@@ -255,7 +254,7 @@ def test_calibration_bootstrap_equals_the_metric_on_each_resample(norm: str) -> 
 
     probs, target = _scores(5, 400, seed=6, ties=True)
     metric = CalibrationError(5, n_bins=10, norm=norm)
-    indices = _resample_indices(400, 50, seed=2, device=target.device)
+    indices = _resample_indices(400, 30, seed=2, device=target.device)
     weighted = weighted_resample_values(metric, probs, target, indices)
     one_by_one = []
     for rows in indices:  # the metric's own update / compute on each resample
