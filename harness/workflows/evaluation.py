@@ -78,7 +78,8 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     "averages": {micro|macro|weighted: {precision, recall, f1}},
     "per_class": {class name: {precision, recall, f1, support, auroc, average_precision}}, "classes",
     "confusion_matrix" (counts, rows = true class), "confused_pairs", "calibration" (the bins),
-    "intervals", "mistakes", "eval_seconds", "files" (with write), "speed" (with speed=True)}.
+    "intervals", "mistakes", "eval_seconds", "files" (with write), "speed" (with speed=True)}; under
+    torchrun, ranks other than 0 return the keys up to "top5_accuracy" only (rank 0 analyses and reports).
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
@@ -107,6 +108,8 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     }
     if f"{split}/top{TOP_K}" in scores:
         result[f"top{TOP_K}_accuracy"] = scores[f"{split}/top{TOP_K}"]
+    if not env.dist.is_main:  # under torchrun rank 0 alone analyses, reports and writes
+        return result
     n_bins = reliability_bins(recipe)
     bins = calibration(kept, n_bins)
     scored = ranking(kept, classes)
