@@ -6,6 +6,7 @@ is named by import path, `package.module:Class`.
 
 from models.cnn import MnistCNN
 from models.digits_cnn import DigitsCNN
+from models.gpt import GPT
 from models.mlp import MLP
 from models.pytorch_example import Net
 from models.resnet import ResNet
@@ -16,6 +17,7 @@ MODELS = {
     "resnet": ResNet,
     "pytorch_example_net": Net,  # pytorch/examples mnist/main.py
     "digits_cnn": DigitsCNN,
+    "gpt": GPT,  # a character-level language model: (B, T) token ids -> (B, T, vocab_size) logits
 }
 
-__all__ = ["MLP", "MODELS", "DigitsCNN", "MnistCNN", "Net", "ResNet"]
+__all__ = ["GPT", "MLP", "MODELS", "DigitsCNN", "MnistCNN", "Net", "ResNet"]
