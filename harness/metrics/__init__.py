@@ -36,11 +36,13 @@ from .calibration import BrierScore, CalibrationError
 from .classification import Accuracy, ConfusionMatrix, F1Score, Precision, Recall
 from .ranking import AUROC, AveragePrecision
 from .regression import MeanAbsoluteError, MeanSquaredError, R2Score
+from .tokens import BitsPerToken, Perplexity, TokenAccuracy, TokenCrossEntropyLoss
 
 __all__ = [
     "AUROC",
     "Accuracy",
     "AveragePrecision",
+    "BitsPerToken",
     "BrierScore",
     "CalibrationError",
     "ConfusionMatrix",
@@ -49,7 +51,10 @@ __all__ = [
     "MeanMetric",
     "MeanSquaredError",
     "Metric",
+    "Perplexity",
     "Precision",
     "R2Score",
     "Recall",
+    "TokenAccuracy",
+    "TokenCrossEntropyLoss",
 ]

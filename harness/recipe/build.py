@@ -159,6 +159,10 @@ def build_metric(name: str, cfg: MetricConfig, num_classes: int) -> Any:
             return metrics.CalibrationError(num_classes, n_bins=cfg.n_bins, norm=cfg.norm)
         if cfg.type == "brier":
             return metrics.BrierScore(num_classes)
+        if cfg.type in ("perplexity", "bits_per_token", "token_accuracy"):
+            token = {"perplexity": metrics.Perplexity, "bits_per_token": metrics.BitsPerToken,
+                     "token_accuracy": metrics.TokenAccuracy}[cfg.type]
+            return token(ignore_index=cfg.ignore_index)
         cls = {"precision": metrics.Precision, "recall": metrics.Recall, "f1": metrics.F1Score}[cfg.type]
         return cls(num_classes, average=cfg.average)
     except ValueError as e:
@@ -355,8 +359,10 @@ def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
         model.train(was_training)
         set_rng_state(rng)
     classifies = issubclass(loss_class(recipe.loss), (nn.CrossEntropyLoss, nn.NLLLoss))
-    if classifies and preds.is_floating_point() and tuple(preds.shape) != (target.shape[0], data.num_classes):
+    # one score per class for every target: (batch, classes), or (batch, tokens, vocabulary) for a language model
+    expected = (*target.shape, data.num_classes)
+    if classifies and preds.is_floating_point() and tuple(preds.shape) != expected:
+        shape = ", ".join(["batch", *(str(n) for n in target.shape[1:]), str(data.num_classes)])
         raise HarnessError(f"model.name={recipe.model.name} gives outputs of shape {tuple(preds.shape)} for a batch "
                            f"of {target.shape[0]}, but data.name={recipe.data.name} has {data.num_classes} classes: "
-                           f"the model must output (batch, {data.num_classes}); set its number of outputs in "
-                           f"model.args")
+                           f"the model must output ({shape}); set its number of outputs in model.args")

@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from harness.errors import HarnessError
+from harness.metrics.tokens import TokenCrossEntropyLoss
 from harness.recipe.imports import import_object
 from harness.recipe.schema import LossConfig, OptimConfig, SchedulerConfig
 
@@ -41,7 +42,9 @@ def _catalogue(module: Any, base: type, key: Any = str.lower, suffix: str = "") 
 
 
 OPTIMIZERS = _catalogue(torch.optim, torch.optim.Optimizer)
-LOSSES = _catalogue(nn, nn.Module, key=_loss_key, suffix="Loss")
+# torch.nn's losses, and the harness's cross-entropy over (..., V) logits of a language model (token_cross_entropy)
+LOSSES = {**_catalogue(nn, nn.Module, key=_loss_key, suffix="Loss"),
+          _loss_key(TokenCrossEntropyLoss.__name__): TokenCrossEntropyLoss}
 SCHEDULERS = {**_catalogue(lr_scheduler, lr_scheduler.LRScheduler),
               "reducelronplateau": lr_scheduler.ReduceLROnPlateau}
 

@@ -117,13 +117,14 @@ class LossConfig(Section):
 
 class MetricConfig(Section):
     type: Literal["accuracy", "precision", "recall", "f1", "confusion_matrix", "auroc", "average_precision",
-                  "calibration_error", "brier"]
+                  "calibration_error", "brier", "perplexity", "bits_per_token", "token_accuracy"]
     # precision/recall/f1; auroc/average_precision take macro | weighted | none
     average: Literal["micro", "macro", "weighted", "none", "binary"] = "macro"
     top_k: int = Field(1, gt=0)  # accuracy only
     thresholds: int | None = Field(None, ge=2)  # auroc/average_precision: None exact, N binned on N thresholds
     n_bins: int = Field(15, gt=0)  # calibration_error: equal-width confidence bins
     norm: Literal["l1", "l2", "max"] = "l1"  # calibration_error: l1 = ECE, max = MCE
+    ignore_index: int = -100  # perplexity / bits_per_token / token_accuracy: targets with this id are padding
 
 
 class EarlyStoppingConfig(Section):
