@@ -10,6 +10,8 @@
 - `BatchAugment`: random crop + flip of whole batches on the device (the TensorLoader path);
   `augment_transforms`: the same as torchvision.transforms.v2 per-sample transforms.
 - `load_image_folder`: a user's class-per-folder images as map-style datasets (DataLoader path).
+- `load_text_chars`: a text file as character ids (`CharText`), batched as `RandomWindows` (training)
+  and `SequentialWindows` (validation), on the device.
 
 Nothing here imports torchvision (or scikit-learn) until a dataset is actually loaded.
 """
@@ -45,9 +47,17 @@ from harness.data.tensor_loader import (
     FeatureStandardize,
     TensorLoader,
     Uint8Normalize,
+    epoch_generator,
     epoch_permutation,
     shard_indices,
     shard_size,
+)
+from harness.data.text_chars import (
+    CharText,
+    RandomWindows,
+    SequentialWindows,
+    load_text_chars,
+    resolve_text_path,
 )
 
 __all__ = [
@@ -56,6 +66,7 @@ __all__ = [
     "TENSOR_SPLITS",
     "AugmentParams",
     "BatchAugment",
+    "CharText",
     "ClassSubset",
     "DatasetSpec",
     "EpochDataLoader",
@@ -64,20 +75,25 @@ __all__ = [
     "FeatureTensors",
     "FolderSplits",
     "ImageTensors",
+    "RandomWindows",
+    "SequentialWindows",
     "TensorLoader",
     "Uint8Normalize",
     "augment_transforms",
     "dataset_spec",
     "dataset_targets",
     "default_num_workers",
+    "epoch_generator",
     "epoch_permutation",
     "fixed_test_split",
     "load_bundled",
     "load_dataset",
     "load_image_folder",
+    "load_text_chars",
     "make_dataloader",
     "random_subset",
     "resolve_data_root",
+    "resolve_text_path",
     "select_classes",
     "shard_indices",
     "shard_size",

@@ -22,16 +22,18 @@ from harness.data.augment import BatchAugment
 from harness.errors import HarnessError
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """A permutation of `range(n)` (int64, CPU) that depends only on `(seed, epoch)`.
-
-    Drawn with a CPU `torch.Generator`, so it is the same on every device and machine.
-    """
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU `torch.Generator` whose state depends only on `(seed, epoch)`: what it draws is the same on
+    every device and machine, and the same after a resume."""
     # Hash (seed, epoch) rather than use seed + epoch, which would make run seed=1 replay
     # the epoch-1 order of run seed=0 one epoch early.
     digest = hashlib.blake2b(f"{seed}/{epoch}".encode(), digest_size=8).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
-    return torch.randperm(n, generator=generator)
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """A permutation of `range(n)` (int64, CPU) that depends only on `(seed, epoch)`."""
+    return torch.randperm(n, generator=epoch_generator(seed, epoch))
 
 
 def check_rank(rank: int, world_size: int) -> None:
