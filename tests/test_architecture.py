@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import REPO
 from hang_guard import HANG_GUARD_S
 
-COMMANDS = ("train", "evaluate", "cv", "compare", "sweep", "lr_find", "export", "compress")
+COMMANDS = ("train", "evaluate", "cv", "compare", "sweep", "lr_find", "export", "compress", "sample")
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:

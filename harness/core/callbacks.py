@@ -7,7 +7,7 @@ this class, so a user's own callback has the same powers.
 | event                | when it runs                                          | typical use                    |
 |----------------------|-------------------------------------------------------|--------------------------------|
 | on_fit_start         | once, before the first epoch (after a resume is loaded) | check settings, open files   |
-| on_epoch_start       | before each training epoch                            | change data, freeze layers     |
+| on_epoch_start       | before each training epoch (step-based: interval)     | change data, freeze layers     |
 | on_train_batch_end   | after each training batch (loss is a device tensor)   | EMA update; avoid host syncs   |
 | on_validation_start  | before each validation / test pass                    | swap in averaged weights       |
 | on_validation_end    | after it, with the metrics as floats                  | swap weights back              |
@@ -15,8 +15,9 @@ this class, so a user's own callback has the same powers.
 | on_interrupt         | SIGINT / SIGTERM arrived; the current step finished   | write a resumable checkpoint   |
 | on_fit_end           | once, after the last epoch (not after an interrupt)   | close files, summaries         |
 
-A callback that keeps state across epochs returns it from `state_dict()`; checkpoints store it and
-a resume hands it back through `load_state_dict()`.
+In step-based training (`fit(max_steps=...)`) an "epoch" of these events is one validation interval of
+`val_every_n_steps` optimizer steps. A callback that keeps state across epochs returns it from
+`state_dict()`; checkpoints store it and a resume hands it back through `load_state_dict()`.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ class ModelCheckpoint(Callback):
     def on_interrupt(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.last_path, extra=self.extra)
         hint = self.resume_hint or f"Trainer.fit(..., resume_from={str(self.last_path)!r})"
-        print(f"\ninterrupted: saved {self.last_path} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch});"
-              f" resume with: {hint}", file=sys.stderr, flush=True)
+        print(f"\ninterrupted: saved {self.last_path} ({trainer.position()}); resume with: {hint}",
+              file=sys.stderr, flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.tracker.best if self.tracker else None, "best_epoch": self.best_epoch}
@@ -153,7 +154,8 @@ class ModelCheckpoint(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stops `fit` when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+    """Stops `fit` when `monitor` has not improved by more than `min_delta` for `patience` epochs
+    (step-based training: validations)."""
 
     def __init__(self, monitor: str = DEFAULT_MONITOR, mode: Literal["min", "max"] = DEFAULT_MODE, patience: int = 3,
                  min_delta: float = 0.0) -> None:
@@ -172,8 +174,11 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             trainer.should_stop = True
-            print(f"early stopping at epoch {epoch}: {self.tracker.monitor} has not improved for "
-                  f"{self.patience} epoch(s); best {self.tracker.best:.6g}", file=sys.stderr, flush=True)
+            # step-based training validates every interval: patience counts validations there
+            where, unit = (f"epoch {epoch}", "epoch(s)") if trainer.max_steps is None else \
+                (f"step {trainer.global_step}", "validation(s)")
+            print(f"early stopping at {where}: {self.tracker.monitor} has not improved for "
+                  f"{self.patience} {unit}; best {self.tracker.best:.6g}", file=sys.stderr, flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.tracker.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}

@@ -94,7 +94,7 @@ class TensorBoardLogger:
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for name, value in scalars.items():
-            if name != "epoch":  # the step axis already: a scalar of it would only draw a diagonal line
+            if name not in ("epoch", "step"):  # the x-axis already: a scalar of it would draw a diagonal line
                 self.writer.add_scalar(name, value, global_step=step)
         self.writer.flush()
         faults.reached("tensorboard:flushed")

@@ -98,6 +98,10 @@ def dashboard_charts(names: list[str]) -> dict[str, list[str]]:
     charts.update({name: [name] for name in metrics})
     charts["learning rate (lr: at the epoch's start, lr_end: after its last step)"] = ["lr", "lr_end"]
     charts["throughput (training samples/s)"] = ["samples_per_s"]
+    for name, title in (("tokens_per_s", "training tokens/s"), ("flops_per_s", "achieved FLOP/s"),
+                        ("peak_memory_mb", "peak memory (MB)")):
+        if name in names:  # Trainer(throughput=True)
+            charts[title] = [name]
     return charts
 
 
@@ -106,35 +110,44 @@ def load_best_weights(trainer: Trainer) -> str:
     its `ModelCheckpoint` wrote one; epoch and history stay those of the run. Says which weights it holds."""
     saver = _model_checkpoint(trainer)
     if saver is None or not saver.best_path.is_file():
-        return f"final weights, epoch {trainer.epoch}"
+        return f"final weights, {_at(trainer, trainer.epoch, trainer.global_step)}"
     state = read_checkpoint(saver.best_path)
     trainer.load_weights(state, str(saver.best_path))
-    return f"best.pt, epoch {state['epoch']}"
+    return f"best.pt, {_at(trainer, state['epoch'], state['global_step'])}"
+
+
+def _at(trainer: Trainer, epoch: int, step: int) -> str:
+    """`epoch 4`, or `step 2000` in step-based training."""
+    return f"epoch {epoch}" if trainer.max_steps is None else f"step {step}"
 
 
 def run_summary(trainer: Trainer, *, monitor: str | None, mode: Literal["min", "max"],
                 test: dict[str, Any] | None, tested: str | None, fit_seconds: float, wall_seconds: float,
-                test_limit_reason: str = "limit_test_batches") -> dict[str, Any]:
-    """summary.json's content: the best epoch of `monitor`, the final epoch's scalars, the test results with
-    how many samples they cover and the 95 % Wilson intervals of the accuracies, times, device, versions.
+                test_limit_reason: str = "limit_test_batches", text: bool = False,
+                throughput: dict[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json's content: the best epoch (or step, in step-based training) of `monitor`, the final
+    scalars, the test results with how many samples they cover and the 95 % Wilson intervals of the
+    accuracies, times, device, versions.
 
-    `test_limit_reason` names the setting that limited the test batches, in `test_covers`."""
+    `test_limit_reason` names the setting that limited the test batches, in `test_covers`; `text`: the
+    test pass counted predicted tokens of a text corpus's validation split; `throughput`: the run's rates."""
     history = trainer.history
     best = best_entry(history, monitor, mode) if monitor else None
     samples = trainer.last_pass_samples if test is not None else None
+    unit, run = ("epoch", trainer.epoch) if trainer.max_steps is None else ("step", trainer.global_step)
     return {
         "run_dir": str(trainer.log_dir) if trainer.log_dir else None,
         "monitor": monitor,
-        "best_epoch": best["epoch"] if best else None,
+        f"best_{unit}": best[unit] if best else None,
         "best_value": best[monitor] if best else None,
-        "epochs_run": trainer.epoch,
+        f"{unit}s_run": run,
         "final": history[-1] if history else None,
         "test": test,
         "test_samples": samples,
         # Accuracies are proportions: their Wilson interval over the test samples (harness.stats).
         "test_intervals": _accuracy_intervals(trainer, test, samples or 0),
         # what the test figures cover, in words: the whole split, or the first N batches of it
-        "test_covers": describe_test_coverage(samples or 0, trainer.limit_test_batches, test_limit_reason)
+        "test_covers": describe_test_coverage(samples or 0, trainer.limit_test_batches, test_limit_reason, text)
         if test is not None else "not tested",
         "tested_weights": tested,
         "fit_seconds": round(fit_seconds, 3),
@@ -143,6 +156,7 @@ def run_summary(trainer: Trainer, *, monitor: str | None, mode: Literal["min", "
         "device_name": (torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
                         else platform.processor() or platform.machine()),
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "throughput": throughput,
         "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                      "torchvision": _torchvision_version()},
     }
@@ -155,11 +169,14 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def describe_test_coverage(samples: int, limit: int | None, reason: str = "limit_test_batches") -> str:
-    """What the test figures cover, in words: the whole split, or its first batches and why."""
+def describe_test_coverage(samples: int, limit: int | None, reason: str = "limit_test_batches",
+                           text: bool = False) -> str:
+    """What the test figures cover, in words: the whole split, or its first batches and why. Text data
+    (text_chars) counts predicted characters, and its test pass scores the validation split: it has no other."""
+    what, split = ("tokens", "validation split (text_chars has no test split)") if text else ("samples", "test split")
     if limit is None:
-        return f"{samples} samples: the whole test split"
-    return f"only {samples} samples: the first {limit} batch{'es' * (limit > 1)} of the test split ({reason})"
+        return f"{samples} {what}: the whole {split}"
+    return f"only {samples} {what}: the first {limit} batch{'es' * (limit > 1)} of the {split} ({reason})"
 
 
 def _accuracy_intervals(trainer: Trainer, test: dict[str, Any] | None, samples: int) -> dict[str, list[float]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -193,3 +194,56 @@ def format_speed(result: dict[str, Any]) -> str:
         lines.append(f"{b['batch_size']:>7} {b['runs']:>5} {lat['p50']:>9.3f} {lat['p90']:>9.3f} {lat['p99']:>9.3f} "
                      f"{b['throughput_samples_per_s']:>11,.0f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- training throughput
+# Dense peak FLOP/s of a GPU at each `trainer.precision`, the vendors' datasheet figures without sparsity.
+# "32" is plain FP32 (PyTorch does not use TF32 for float32 matmuls unless asked). MFU is reported for
+# these GPUs only; the first name that is part of the device's name wins.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"bf16": 756e12, "16": 756e12, "32": 51e12},
+    "H100": {"bf16": 989e12, "16": 989e12, "32": 67e12},  # SXM
+    "H200": {"bf16": 989e12, "16": 989e12, "32": 67e12},
+    "A100": {"bf16": 312e12, "16": 312e12, "32": 19.5e12},
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The datasheet peak FLOP/s of a CUDA device at `precision`, when `PEAK_FLOPS` knows it; else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks.get(precision) for gpu, peaks in PEAK_FLOPS.items() if gpu in name), None)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The high-water mark of memory, in MB (10^6 bytes): on CUDA the tensors allocated on `device`
+    (`torch.cuda.max_memory_allocated`), elsewhere the process's maximum resident set (everything the
+    process ever held in RAM, interpreter and libraries included: `resource.getrusage`)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e6
+    import resource  # noqa: PLC0415  (POSIX only: imported where it is used)
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6  # bytes on macOS, KiB on Linux
+
+
+def flop_counter() -> Any:
+    """A `torch.utils.flop_counter.FlopCounterMode` that also counts the CPU's fused attention.
+
+    torch's counter knows the CUDA attention kernels but not `_scaled_dot_product_flash_attention_for_cpu`
+    (and its backward), which `F.scaled_dot_product_attention` runs on a CPU: without these the attention
+    matmuls of a transformer would count zero. Counted with torch's own formulas for the CUDA kernels."""
+    from torch.utils import flop_counter as fc  # noqa: PLC0415  (imported once per run, when FLOPs are counted)
+
+    aten = torch.ops.aten
+
+    def forward(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return fc.sdpa_backward_flop_count(grad, query, key, value)
+
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})

@@ -1,6 +1,7 @@
 """The Trainer: a plain training loop around a model, an optimizer and a loss.
 
-`fit` runs epochs of `train_epoch` then `validate`; `evaluate` runs the same validation pass on a test
+`fit` runs epochs of `train_epoch` then `validate` (or, step-based, intervals of `val_every_n_steps`
+optimizer steps then `validate`, until `max_steps`); `evaluate` runs the same validation pass on a test
 split. Change a step by subclassing (`training_step`, `validation_step`, the `on_*` hooks) or hang a
 feature on the loop with a `Callback`. The Trainer knows nothing of YAML or the command line.
 """
@@ -47,6 +48,7 @@ from harness.core.distributed import (
 from harness.core.loggers import JsonlLogger, TensorBoardLogger
 from harness.core.progress import EpochProgress
 from harness.core.seed import get_rng_state, set_rank_rng_state
+from harness.core.speed import flop_counter, peak_flops, peak_memory_mb
 from harness.errors import HarnessError
 from harness.metrics import MeanMetric, Metric
 
@@ -96,6 +98,10 @@ class Trainer:
         sync_batchnorm: under torchrun, turn BatchNorm layers into SyncBatchNorm (statistics over the
             global batch in training; CUDA only). Without it each rank normalises by its own batch, and
             validation uses rank 0's running statistics on every rank.
+        throughput: log with every validation the training throughput and memory: `tokens_per_s` (when the
+            training data has `tokens_per_sample`), `flops_per_s` (the first training batch's FLOPs, counted
+            once with `torch.utils.flop_counter`, times the samples trained per second), `mfu` (on a GPU
+            whose peak `harness.core.speed.PEAK_FLOPS` knows) and `peak_memory_mb`.
 
     Under torchrun (a process group is initialised, see `harness.core.distributed`) the model is wrapped in
     DistributedDataParallel, the epoch's train loss and every metric are summed over ranks, and only
@@ -131,6 +137,7 @@ class Trainer:
         limit_test_batches: int | None = None,
         compile: bool = False,
         sync_batchnorm: bool = False,
+        throughput: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -176,9 +183,11 @@ class Trainer:
         self.limit_train_batches = limit_train_batches
         self.limit_val_batches = limit_val_batches
         self.limit_test_batches = limit_test_batches
-        self.last_pass_samples = 0  # samples the last validate / evaluate pass covered, all ranks
+        self.throughput = throughput
+        self.flops_per_sample: float | None = None  # counted on the first training batch of a `throughput` fit
+        self.last_pass_samples = 0  # samples (a language model's: tokens) the last validate / evaluate pass covered
 
-        self.epoch = 0  # epochs completed
+        self.epoch = 0  # epochs completed (step-based training: validation intervals completed)
         self.global_step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only mid-epoch)
         # Loss sum and sample count of those batches: after a mid-epoch resume the epoch's train/loss
@@ -189,6 +198,8 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.last_epoch_samples = 0  # samples seen by the last train_epoch (for samples/s)
         self.train_data: Iterable[Any] | None = None  # set by fit; its order state goes into checkpoints
+        self.max_steps: int | None = None  # set by fit: None trains epochs, a number trains that many steps
+        self.val_every_n_steps: int | None = None
         self._signal: int | None = None
         # Under torchrun: (global_step, batch_in_epoch, every rank's RNG states) gathered before the
         # callbacks that save checkpoints (on rank 0) run; see `_share_rng_states`.
@@ -201,14 +212,24 @@ class Trainer:
         val_data: Iterable[Any] | None = None,
         epochs: int = 1,
         resume_from: str | Path | None = None,
+        *,
+        max_steps: int | None = None,
+        val_every_n_steps: int | None = None,
     ) -> list[dict[str, float]]:
         """Train until `epochs` epochs are done (counting those before a resume); returns the history.
 
         Each history entry holds `epoch`, `train/loss`, `val/<metric>`, `lr` (the rate the epoch started
         with), `lr_end` (the rate after its scheduler steps), `epoch_seconds`, `samples_per_s`.
+
+        Step-based (`max_steps`, as language models train: their data has no epochs): train until
+        `max_steps` optimizer steps are done, validating every `val_every_n_steps` (default: at the end
+        only). Each such interval is what an epoch is otherwise, for the hooks and callbacks too (last.pt
+        after each, early stopping's patience counts validations), and its entry holds `step` and
+        `interval_seconds` instead of `epoch` and `epoch_seconds`; everything is logged at the step.
         """
         if self.optimizer is None:
             raise ValueError("this Trainer has no optimizer: it can validate and evaluate, not fit")
+        self._set_length(train_data, max_steps, val_every_n_steps)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if self.loggers is None:
@@ -216,9 +237,10 @@ class Trainer:
             # line is dropped) and whatever a killed run logged past the checkpoint is purged.
             self.loggers = self._default_loggers(resumed=resume_from is not None)
         self.train_data = train_data
+        unit = "epoch" if self.max_steps is None else "interval"
         self._call("on_fit_start")
         with self._catch_signals():
-            while self.epoch < epochs and not self.should_stop:
+            while not self._finished(epochs) and not self.should_stop:
                 self._call("on_epoch_start", self.epoch + 1)
                 started = time.perf_counter()
                 # The rate this epoch starts with (after a mid-epoch resume: the one it started with).
@@ -238,26 +260,65 @@ class Trainer:
                 # the epoch); lr_end: the rate after the epoch's scheduler steps, the next epoch's start.
                 logs["lr"], logs["lr_end"] = lr, self.optimizer.param_groups[0]["lr"]
                 self.epoch += 1
-                logs = {"epoch": self.epoch, **logs, "epoch_seconds": time.perf_counter() - started}
+                clock = {"epoch": self.epoch} if self.max_steps is None else {"step": self.global_step}
+                logs = {**clock, **logs, f"{unit}_seconds": time.perf_counter() - started}
                 logs["samples_per_s"] = samples / train_seconds
+                if self.throughput:
+                    logs.update(self._throughput(samples, train_seconds))
                 self.history.append(logs)
-                self.log(logs, step=self.epoch)
+                self.log(logs, step=self.log_step)
                 if self.progress:
-                    print(epoch_line(logs, epochs), flush=True)
+                    print(epoch_line(logs, epochs if self.max_steps is None else self.max_steps), flush=True)
                 self._share_rng_states()
                 self._call("on_epoch_end", self.epoch, logs)
         self._call("on_fit_end")
         return self.history
 
+    def _set_length(self, train_data: Iterable[Any], max_steps: int | None, val_every_n_steps: int | None) -> None:
+        """Epoch-based (`max_steps` None) or step-based training; a step-based run's settings checked."""
+        self.max_steps, self.val_every_n_steps = max_steps, None
+        if max_steps is None:
+            if val_every_n_steps is not None:
+                raise ValueError("val_every_n_steps needs max_steps (epoch-based training validates every epoch)")
+            return
+        every = val_every_n_steps or max_steps
+        if max_steps < 1 or every < 1:
+            raise ValueError(f"max_steps and val_every_n_steps must be >= 1, got {max_steps} and {every}")
+        if self.limit_train_batches is not None:
+            raise ValueError("limit_train_batches limits epochs; step-based training runs max_steps steps")
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            raise ValueError("a per-epoch scheduler needs epochs; step-based training steps it every optimizer step")
+        needed = min(every, max_steps) * self.accumulate_grad_batches
+        if _num_batches(train_data, None) is not None and _num_batches(train_data, None) < needed:
+            raise ValueError(f"an interval of {min(every, max_steps)} steps takes {needed} batches, but one pass over "
+                             f"the training data has {_num_batches(train_data, None)}")
+        self.val_every_n_steps = every
+
+    def _finished(self, epochs: int) -> bool:
+        return self.epoch >= epochs if self.max_steps is None else self.global_step >= self.max_steps
+
+    @property
+    def log_step(self) -> int:
+        """Where logs go on the x-axis: the epoch, or in step-based training the optimizer step."""
+        return self.epoch if self.max_steps is None else self.global_step
+
+    def position(self) -> str:
+        """Where training is, in words: `epoch 3, batch 17` (the batches done in the epoch) or `step 517`."""
+        if self.max_steps is not None:
+            return f"step {self.global_step}"
+        return f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}"
+
     def train_epoch(self, train_data: Iterable[Any]) -> dict[str, float]:
-        """One pass over the training data; returns {"train/loss": mean over samples}."""
+        """One pass over the training data (step-based: one interval's batches); returns
+        {"train/loss": mean over samples}."""
         self.model.train()
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(self.epoch)  # the epoch's order depends on (seed, epoch) only: exact resume
-        total = _num_batches(train_data, self.limit_train_batches)
+        total = _num_batches(train_data, self._epoch_batches())
         start = self.batch_in_epoch  # > 0 after resuming from a checkpoint written mid-epoch
-        bar = EpochProgress(islice(train_data, start, total), None if total is None else total - start,
-                            f"epoch {self.epoch + 1}", self.progress)
+        desc = f"epoch {self.epoch + 1}" if self.max_steps is None else f"to step {self._interval_end()}"
+        bar = EpochProgress(islice(train_data, start, total), None if total is None else total - start, desc,
+                            self.progress)
         # One slot per batch: the loss stays on the device (no sync); NaN is located at the next check.
         step_losses = torch.zeros(total - start if total is not None else 0, device=self.device)
         sizes: list[int] = []
@@ -267,9 +328,7 @@ class Trainer:
             batch = self.to_device(batch)
             step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
             with gradient_sync(self.model, step_ends):  # under DDP: all-reduce on a group's last batch only
-                with self.autocast():
-                    loss = self.training_step(batch)
-                self._backward(loss, i, total)
+                loss = self._forward_backward(batch, i, total)
             # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
             # even when the group's last loss is finite.
             group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
@@ -295,6 +354,45 @@ class Trainer:
         train_loss = self._epoch_loss(step_losses, sizes)
         bar.close(f"train/loss {train_loss:.4f}")
         return {"train/loss": train_loss}
+
+    def _forward_backward(self, batch: Any, batch_idx: int, total: int | None) -> Tensor:
+        """`training_step` under autocast, then backward. The first batch of a `throughput` fit is run
+        under a FLOP counter, once: what one sample costs to train (forward and backward)."""
+        counter = flop_counter() if self.throughput and self.flops_per_sample is None else None
+        with counter or contextlib.nullcontext():
+            with self.autocast():
+                loss = self.training_step(batch)
+            self._backward(loss, batch_idx, total)
+        if counter is not None:
+            self.flops_per_sample = counter.get_total_flops() / batch_size_of(batch)
+        return loss
+
+    def _throughput(self, samples: int, seconds: float) -> dict[str, float]:
+        """Tokens/s, FLOP/s, MFU and peak memory of the interval just trained (`throughput=True`).
+        `samples` counts every rank's; MFU divides by the peak of all ranks' GPUs."""
+        logs = {}
+        tokens_per_sample = getattr(self.train_data, "tokens_per_sample", None)
+        if tokens_per_sample is not None:
+            logs["tokens_per_s"] = samples * tokens_per_sample / seconds
+        if self.flops_per_sample is not None:
+            logs["flops_per_s"] = self.flops_per_sample * samples / seconds
+            peak = peak_flops(self.device, self.precision)
+            if peak is not None:
+                logs["mfu"] = logs["flops_per_s"] / (peak * current().world_size)
+        logs["peak_memory_mb"] = peak_memory_mb(self.device)
+        return logs
+
+    def _epoch_batches(self) -> int | None:
+        """Batches this epoch trains: `limit_train_batches` (None: all), or in step-based training those of
+        the current interval's optimizer steps (interval k covers steps k * val_every_n_steps onwards)."""
+        if self.max_steps is None:
+            return self.limit_train_batches
+        assert self.val_every_n_steps is not None
+        return (self._interval_end() - self.epoch * self.val_every_n_steps) * self.accumulate_grad_batches
+
+    def _interval_end(self) -> int:
+        assert self.max_steps is not None and self.val_every_n_steps is not None
+        return min((self.epoch + 1) * self.val_every_n_steps, self.max_steps)
 
     def _backward(self, loss: Tensor, batch_idx: int, total: int | None) -> None:
         """Gradients of a group of N batches must equal one batch N times larger: divide by the
@@ -338,8 +436,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.nonfinite_skipped >= self.max_nonfinite_skips:
                 raise NonFiniteLossError(
-                    f"non-finite loss in {self.nonfinite_skipped} steps in a row "
-                    f"(epoch {self.epoch + 1}, step {self.global_step + 1}); stopping"
+                    f"non-finite loss in {self.nonfinite_skipped} steps in a row ("
+                    f"{'' if self.max_steps is not None else f'epoch {self.epoch + 1}, '}step {self.global_step + 1}); "
+                    "stopping"
                 )
             return
         self.nonfinite_skipped = 0
@@ -392,8 +491,10 @@ class Trainer:
         bad = (~torch.isfinite(window)).nonzero()
         if any_rank(bad.numel() > 0, self.device):  # every rank halts together under torchrun
             batch = first_batch + begin + (int(bad[0]) if bad.numel() else end - begin - 1) + 1
+            where = f"epoch {self.epoch + 1}, batch {batch} of the epoch" if self.max_steps is None else \
+                f"batch {batch} of the interval to step {self._interval_end()}"
             raise NonFiniteLossError(
-                f"non-finite training loss at epoch {self.epoch + 1}, batch {batch} of the epoch; "
+                f"non-finite training loss at {where}; "
                 "stopped without saving (the last checkpoint is the last good state)"
             )
 
@@ -404,7 +505,9 @@ class Trainer:
         Scalars come back as floats, per-class results and confusion matrices as (nested) lists.
         A test pass (prefix "test", what `evaluate` runs) uses the first `limit_test_batches` batches,
         any other the first `limit_val_batches` (None: all of them).
-        `last_pass_samples` then holds how many samples the figures cover (summed over ranks); a pass
+        The loss is averaged over what the loss function averages over (`_loss_weight`): samples, or a
+        language model's tokens without the padding. `last_pass_samples` then holds how many samples
+        (tokens) the figures cover (summed over ranks); a pass
         over no sample at all raises ValueError instead of reporting figures of nothing.
         """
         limit = self.limit_test_batches if prefix == "test" else self.limit_val_batches
@@ -422,7 +525,7 @@ class Trainer:
                 batch = self.to_device(batch)
                 with self.autocast():
                     loss, preds, target = self.validation_step(batch)
-                self.loss_metric.update(loss.detach(), weight=target.shape[0])
+                self.loss_metric.update(loss.detach(), weight=self._loss_weight(target))
                 preds = float32_predictions(preds)  # bf16/fp16 logits would tie and round in the metrics
                 for metric in self.metrics.values():
                     metric.update(preds, target)
@@ -441,11 +544,20 @@ class Trainer:
             raise ValueError(f"the {prefix} pass saw no samples: its data is empty")
         return out
 
+    def _loss_weight(self, target: Tensor) -> Tensor | int:
+        """How many things a batch's mean loss averages: with class-id targets and a loss that has an
+        `ignore_index` (cross-entropy), the targets that are not it (a language model's tokens, padding
+        left out; for plain classification, the samples); otherwise the samples. Stays on the device."""
+        ignore = getattr(self.loss_fn, "ignore_index", None)
+        if ignore is None or target.is_floating_point():
+            return target.shape[0]
+        return (target != ignore).sum()
+
     def evaluate(self, data: Iterable[Any], prefix: str = "test") -> dict[str, Any]:
         """Validate on held-out data (a test split); logs the scalars under `prefix/` and returns them
         without the prefix: {"loss": ..., "acc": ...}."""
         results = self.validate(data, prefix=prefix)
-        self.log(results, step=self.epoch)
+        self.log(results, step=self.log_step)
         return {name.removeprefix(f"{prefix}/"): value for name, value in results.items()}
 
     # ------------------------------------------------------------------ steps: override to change them
@@ -506,8 +618,8 @@ class Trainer:
         if self.log_dir is None or not is_main_process():  # under torchrun only rank 0 writes
             return []
         # purge_step: after a resume, drop what a killed run logged past the checkpoint: the epochs
-        # after the checkpoint's (their step is the epoch number) and any test line.
-        purge = self.epoch + 1 if resumed else None
+        # (steps) after the checkpoint's and any test line.
+        purge = self.log_step + 1 if resumed else None
         jsonl = JsonlLogger(self.log_dir / "history.jsonl", purge)
         return [TensorBoardLogger(self.log_dir, purge_step=purge), jsonl] if self.tensorboard else [jsonl]
 
@@ -644,12 +756,14 @@ def _record(step_losses: Tensor, slot: int, loss: Tensor) -> Tensor:
     return step_losses
 
 
-def epoch_line(logs: Mapping[str, Any], epochs: int) -> str:
-    """`epoch 2/5  train/loss 0.1234  val/loss 0.0987  val/acc 0.9712  lr 0.001  12.3s  4512 samples/s`."""
+def epoch_line(logs: Mapping[str, Any], total: int) -> str:
+    """`epoch 2/5  train/loss 0.1234  val/loss 0.0987  val/acc 0.9712  lr 0.001  12.3s  4512 samples/s`,
+    or `step 250/2000  ...` in step-based training (`total` is then max_steps)."""
+    unit = "epoch" if "epoch" in logs else "step"
+    seconds = logs.get("epoch_seconds", logs.get("interval_seconds"))
     shown = "  ".join(f"{k} {v:.4g}" for k, v in logs.items()
-                      if isinstance(v, float) and k not in ("epoch_seconds", "samples_per_s"))
-    return (f"epoch {logs['epoch']}/{epochs}  {shown}  {logs['epoch_seconds']:.1f}s  "
-            f"{logs['samples_per_s']:.0f} samples/s")
+                      if isinstance(v, float) and k not in ("epoch_seconds", "interval_seconds", "samples_per_s"))
+    return f"{unit} {logs[unit]}/{total}  {shown}  {seconds:.1f}s  {logs['samples_per_s']:.0f} samples/s"
 
 
 def _warn_if_not_finite(name: str, value: float) -> None:

@@ -28,6 +28,7 @@ from harness.data.datasets import resolve_data_root
 from harness.data.tensor_loader import check_rank, epoch_generator, epoch_permutation
 from harness.errors import HarnessError
 
+TEXT_CHARS = "text_chars"  # the recipe's data.name of this source
 TRAIN_FRACTION = 0.9  # nanoGPT's split: the first 90 % of the characters train, the rest validate
 IGNORE_INDEX = -100  # the target of a padded position (torch's cross_entropy default)
 

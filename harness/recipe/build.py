@@ -19,12 +19,14 @@ from harness import metrics
 from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
 from harness.core.distributed import is_distributed, is_main_process
 from harness.core.seed import get_rng_state, set_rng_state
+from harness.core.text_samples import TextSamples
 from harness.core.trainer import Trainer
+from harness.data.text_chars import TEXT_CHARS, decode, encode
 from harness.errors import HarnessError
 from harness.recipe.classes import loss_class, loss_keywords, optimizer_class, optimizer_keywords
 from harness.recipe.data import Data
 from harness.recipe.imports import import_object
-from harness.recipe.schedules import build_scheduler
+from harness.recipe.schedules import build_scheduler, schedule_interval
 from harness.recipe.schema import LossConfig, MetricConfig, ModelConfig, OptimConfig, Recipe
 from models import MODELS
 
@@ -96,7 +98,17 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
             else:
                 why = f"the model's modules: {', '.join(n for n, _ in model.named_children())}"
             raise HarnessError(f"optim.param_groups: prefix {g.prefix!r} matches no trainable parameter; {why}")
-    return [group for group in groups if group["params"]]
+    groups = [group for group in groups if group["params"]]
+    if not cfg.weight_decay_1d:  # nanoGPT's rule: matmul weights and embeddings decay, biases and norm gains do not
+        groups = [part for group in groups for part in _split_by_ndim(group)]
+    return groups
+
+
+def _split_by_ndim(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """A group as (its parameters of 2+ dimensions, its 1-D ones with weight_decay 0), empty halves dropped."""
+    matrices = {**group, "params": [p for p in group["params"] if p.ndim >= 2]}
+    vectors = {**group, "params": [p for p in group["params"] if p.ndim < 2], "weight_decay": 0.0}
+    return [part for part in (matrices, vectors) if part["params"]]
 
 
 # Optimizers with a fused CUDA step that takes the GradScaler's inf flag on the device (no .item() per step)
@@ -179,9 +191,12 @@ def logged_names(recipe: Recipe, validates: bool | None = None) -> list[str]:
     `validates`: whether the run has validation data; None decides from the recipe (a `data.val_size`
     hold-out, or `trainer.overfit_batches`). Cross-validation passes True: its held-out fold is the
     validation data whatever `data.val_size` says."""
-    names = ["train/loss", "lr", "lr_end", "epoch_seconds", "samples_per_s"]
+    unit = "epoch" if recipe.trainer.max_steps is None else "interval"
+    names = ["train/loss", "lr", "lr_end", f"{unit}_seconds", "samples_per_s"]
+    if recipe.trainer.throughput:
+        names += [*(["tokens_per_s"] if recipe.data.name == TEXT_CHARS else []), "flops_per_s", "peak_memory_mb"]
     if validates is None:
-        validates = bool(recipe.data.val_size or recipe.trainer.overfit_batches)
+        validates = has_validation(recipe)
     if validates:
         names.append("val/loss")
         for name, m in recipe.metrics.items():
@@ -195,6 +210,12 @@ def logged_names(recipe: Recipe, validates: bool | None = None) -> list[str]:
 Mode = Literal["min", "max"]
 
 
+def has_validation(recipe: Recipe) -> bool:
+    """Whether a run of the recipe validates: a `data.val_size` hold-out, `trainer.overfit_batches`, or a
+    source with a validation split of its own (text_chars: the last 10 % of the text)."""
+    return bool(recipe.data.val_size or recipe.trainer.overfit_batches or recipe.data.name == TEXT_CHARS)
+
+
 def run_monitor(recipe: Recipe, validates: bool | None = None,
                 monitor: str | None = None, mode: Mode | None = None) -> tuple[str, Mode]:
     """The (monitor, mode) a run watches: `trainer.monitor` / `mode` (or the given pair), except that a run
@@ -202,7 +223,7 @@ def run_monitor(recipe: Recipe, validates: bool | None = None,
     never logs (`validates`: see `logged_names`)."""
     monitor, mode = monitor or recipe.trainer.monitor, mode or recipe.trainer.mode
     if validates is None:
-        validates = bool(recipe.data.val_size or recipe.trainer.overfit_batches)
+        validates = has_validation(recipe)
     if not validates and monitor.startswith("val/"):
         return FALLBACK_MONITOR
     return monitor, mode
@@ -255,11 +276,14 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     freeze_parameters(model, recipe.model.freeze)  # frozen parameters never reach the optimizer
     optimizer = build_optimizer(recipe.optim, parameter_groups(model, recipe.optim), device)
     limits = batch_limits(recipe)
-    epochs = epochs_to_run(recipe)
     # fast_dev_run's single batch leaves no room for a warmup: run the schedule without it.
-    schedule = recipe.scheduler.model_copy(update={"warmup_epochs": 0.0}) if t.fast_dev_run else recipe.scheduler
-    scheduler, interval = build_scheduler(schedule, optimizer, epochs,
-                                          steps_per_epoch=steps_per_epoch(recipe, len(data.train)))
+    schedule = recipe.scheduler.model_copy(update={"warmup_epochs": 0.0, "warmup_steps": 0}) if t.fast_dev_run \
+        else recipe.scheduler
+    if t.max_steps is None:
+        scheduler, interval = build_scheduler(schedule, optimizer, epochs_to_run(recipe),
+                                              steps_per_epoch=steps_per_epoch(recipe, len(data.train)))
+    else:  # the whole run is one stretch of max_steps optimizer steps
+        scheduler, interval = build_scheduler(schedule, optimizer, 1, steps_per_epoch=steps_to_run(recipe) or 1)
     callbacks: list[Callback] = []
     if t.ema is not None:
         callbacks.append(EMA(t.ema.decay))  # first, so checkpoints and early stopping see EMA metrics
@@ -270,9 +294,12 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         stop_monitor, stop_mode = run_monitor(recipe, validates, es.monitor, es.mode)
         callbacks.append(EarlyStopping(stop_monitor, stop_mode, es.patience, es.min_delta))
     if run_dir is not None and checkpoints:
-        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", monitor, mode,
-                                         extra={"recipe": recipe.to_dict(), "run_dir": str(run_dir.resolve())},
-                                         resume_hint=resume_hint))
+        extra = {"recipe": recipe.to_dict(), "run_dir": str(run_dir.resolve())}
+        if data.vocabulary is not None:  # the id -> character mapping: sampling and scoring decode with it
+            extra["vocabulary"] = data.vocabulary
+        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", monitor, mode, extra=extra, resume_hint=resume_hint))
+    if recipe.logging.sample is not None and run_dir is not None and recipe.logging.tensorboard:
+        callbacks.append(text_samples(recipe, model, data))
     callbacks.extend(extra_callbacks)
     return trainer_class(
         model, optimizer, build_loss(recipe.loss), build_metrics(recipe.metrics, data.num_classes),
@@ -283,8 +310,25 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         loggers=[] if run_dir is None else None, tensorboard=recipe.logging.tensorboard, progress=t.progress,
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=limits.train, limit_val_batches=limits.val, limit_test_batches=limits.test,
-        compile=t.compile, sync_batchnorm=t.sync_batchnorm,
+        compile=t.compile, sync_batchnorm=t.sync_batchnorm, throughput=t.throughput,
     )
+
+
+def text_samples(recipe: Recipe, model: nn.Module, data: Data) -> TextSamples:
+    """The `logging.sample` callback: a text model (its `generate`) on text data (its vocabulary)."""
+    cfg = recipe.logging.sample
+    assert cfg is not None
+    if data.vocabulary is None:
+        raise HarnessError(f"logging.sample generates text: data.name={recipe.data.name} is not text ({TEXT_CHARS})")
+    if not callable(getattr(model, "generate", None)):
+        raise HarnessError(f"logging.sample: model.name={recipe.model.name} has no generate(idx, max_new_tokens, "
+                           "temperature, top_k, generator) method to sample with (models.gpt.GPT has one)")
+    vocabulary = data.vocabulary
+    try:
+        prompt = encode(cfg.prompt, vocabulary)
+    except HarnessError as e:
+        raise HarnessError(f"logging.sample.prompt={cfg.prompt!r}: {e}") from None
+    return TextSamples(prompt, lambda ids: decode(ids, vocabulary), cfg.tokens, cfg.temperature, cfg.top_k, cfg.seed)
 
 
 def build_evaluator(recipe: Recipe, model: nn.Module, device: torch.device, metric_cfg: dict[str, MetricConfig],
@@ -314,8 +358,8 @@ def batch_limits(recipe: Recipe) -> BatchLimits:
     `limit_*_batches` keys. The test is limited only by `fast_dev_run` and `limit_test_batches`:
     a budget for training must not shrink the figure the run reports."""
     t = recipe.trainer
-    if t.fast_dev_run:
-        return BatchLimits(1, 1, 1)
+    if t.fast_dev_run:  # step-based: one step (steps_to_run), not a batch limit
+        return BatchLimits(1 if t.max_steps is None else None, 1, 1)
     return BatchLimits(t.overfit_batches or t.limit_train_batches, t.overfit_batches or t.limit_val_batches,
                        t.limit_test_batches)
 
@@ -323,6 +367,36 @@ def batch_limits(recipe: Recipe) -> BatchLimits:
 def epochs_to_run(recipe: Recipe) -> int:
     """`trainer.epochs`, or 1 with `fast_dev_run`: the one length the loop and the schedule both use."""
     return 1 if recipe.trainer.fast_dev_run else recipe.trainer.epochs
+
+
+def steps_to_run(recipe: Recipe) -> int | None:
+    """`trainer.max_steps`, or 1 with `fast_dev_run`; None for a recipe that trains epochs."""
+    if recipe.trainer.max_steps is None:
+        return None
+    return 1 if recipe.trainer.fast_dev_run else recipe.trainer.max_steps
+
+
+def validation_interval(recipe: Recipe) -> int | None:
+    """Steps between validations of a step-based run (`trainer.val_every_n_steps`; None: at the end only)."""
+    return 1 if recipe.trainer.fast_dev_run and recipe.trainer.max_steps else recipe.trainer.val_every_n_steps
+
+
+def check_step_settings(recipe: Recipe) -> None:
+    """Keys that need epochs, or steps, refused before any data is read (one line each)."""
+    t, sched = recipe.trainer, recipe.scheduler
+    if recipe.data.name == TEXT_CHARS and t.max_steps is None:
+        raise HarnessError(f"data.name={TEXT_CHARS} draws windows at random offsets and has no epochs: "
+                           "set trainer.max_steps (and trainer.val_every_n_steps)")
+    if sched.warmup_steps and sched.warmup_epochs:
+        raise HarnessError("scheduler.warmup_steps and scheduler.warmup_epochs: give one or the other")
+    if t.max_steps is None or sched.name == "none":
+        return
+    if sched.warmup_epochs:
+        raise HarnessError("scheduler.warmup_epochs: with trainer.max_steps there are no epochs; "
+                           "set scheduler.warmup_steps instead")
+    if schedule_interval(sched) == "epoch":
+        raise HarnessError(f"scheduler.name={sched.name} is stepped per epoch, and trainer.max_steps trains without "
+                           "epochs: set scheduler.interval=step (its counts are then optimizer steps)")
 
 
 def steps_per_epoch(recipe: Recipe, train_batches: int) -> int:

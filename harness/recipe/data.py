@@ -1,7 +1,8 @@
 """The data of a recipe: the source `data.name` names, the seeded hold-out, and the loaders.
 
 `load_data_source` reads the splits (built-in data sets, scikit-learn's bundled `sklearn:breast_cancer`
-and `sklearn:digits`, `image_folder`, `import:module:function`) and
+and `sklearn:digits`, `image_folder`, `import:module:function`; `text_chars` has its own loaders,
+`text_chars_data`) and
 keeps `data.classes`; `build_data` holds out `data.val_size` (seeded by `trainer.seed`), subsamples
 `data.train_size` and makes the loaders: a TensorLoader on the device for tensors, the DataLoader
 path for datasets, this rank's shard under torchrun. `identify_test_split` says which samples a
@@ -36,6 +37,7 @@ from harness.data import (
     train_val_split,
 )
 from harness.data.map_style import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.text_chars import TEXT_CHARS, RandomWindows, SequentialWindows, load_text_chars, resolve_text_path
 from harness.errors import HarnessError
 from harness.recipe.imports import import_object
 from harness.recipe.schema import DataConfig
@@ -50,6 +52,7 @@ class Data:
     test: Iterable[Any]
     classes: list[str]
     num_classes: int
+    vocabulary: str | None = None  # text_chars: the characters, id i is vocabulary[i] (the classes, joined)
 
 
 @dataclass
@@ -71,6 +74,9 @@ class DataSource:
 
 def load_data_source(cfg: DataConfig) -> DataSource:
     """Read `data.name` (built-in, bundled, `image_folder` or `import:module:function`) and keep `data.classes`."""
+    if cfg.name == TEXT_CHARS:
+        raise HarnessError(f"data.name={TEXT_CHARS} has training and validation windows, not samples of classes: "
+                           "this command needs a data set of samples")
     if cfg.name == "image_folder":
         source = _image_folder_source(cfg)
     elif cfg.name.startswith("import:"):
@@ -170,6 +176,11 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
 
     `indices`: explicit `(train_idx, val_idx)` into the training split instead of the `val_size`
     hold-out (cross-validation folds)."""
+    if cfg.name == TEXT_CHARS:
+        if overfit_batches or indices is not None:
+            raise HarnessError(f"data.name={TEXT_CHARS}: trainer.overfit_batches and cross-validation need samples; "
+                               "this source draws windows of one text")
+        return text_chars_data(cfg, device, seed, rank=rank, world_size=world_size)
 
     source = load_data_source(cfg)
     augment = _batch_augment(cfg, source.train)
@@ -317,3 +328,19 @@ def _import_source(cfg: DataConfig) -> DataSource:
         raise HarnessError(f"data.name {cfg.name!r}: say the class names: return 'classes' too, or give the "
                            "training split a `classes` attribute")
     return DataSource(train, test, val, train, list(classes))
+
+
+def text_chars_data(cfg: DataConfig, device: torch.device, seed: int, *, rank: int = 0, world_size: int = 1) -> Data:
+    """`data.name: text_chars`: `data.path` read as characters, nanoGPT's split (the first 90 % of the
+    text trains, the last 10 % validates). Training draws `data.batch_size` random windows of
+    `data.block_size` per step (seeded by `trainer.seed`); validation batches are `data.eval_batch_size`
+    consecutive windows of the validation text. There is no test split: the test pass at the end of a
+    run scores the whole validation split. The classes are the characters: the vocabulary."""
+    text = load_text_chars(resolve_text_path(cfg.path or "", cfg.root), cfg.encoding)
+    train_ids, val_ids = text.split()
+    assert cfg.block_size is not None  # the schema requires it for text_chars
+    train = RandomWindows(train_ids, cfg.block_size, cfg.batch_size, seed=seed, device=device, rank=rank,
+                          world_size=world_size)
+    val = SequentialWindows(val_ids, cfg.block_size, cfg.eval_batch_size, device=device, rank=rank,
+                            world_size=world_size)
+    return Data(train, val, val, list(text.vocabulary), len(text.vocabulary), vocabulary=text.vocabulary)

@@ -23,11 +23,18 @@ from harness.core.distributed import DistInfo, init_distributed
 from harness.core.seed import seed_everything, seed_rank
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
-from harness.recipe.build import build_evaluator, build_model, build_trainer, check_model_fits_data, check_monitors
+from harness.recipe.build import (
+    build_evaluator,
+    build_model,
+    build_trainer,
+    check_model_fits_data,
+    check_monitors,
+    check_step_settings,
+)
 from harness.recipe.classes import check_classes
 from harness.recipe.data import Data, build_data
 from harness.recipe.schema import MetricConfig, Recipe
-from harness.recipe.weights import check_same_data, init_model, load_checkpoint_model
+from harness.recipe.weights import check_same_data, check_vocabulary, init_model, load_checkpoint_model
 
 SPLITS = ("test", "val")
 
@@ -89,6 +96,7 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     t = recipe.trainer
     check_monitors(recipe, validates=True if indices is not None else None)  # a fold validates on its held-out fold
     check_classes(recipe.optim, recipe.loss, recipe.scheduler)  # unknown names and keywords: before the data
+    check_step_settings(recipe)
     if t.compile:
         torch._dynamo.reset()
     model = build_model(recipe.model)
@@ -130,6 +138,7 @@ def build_evaluation(recipe: Recipe, env: Setup, checkpoint: str | Path, split: 
     t = recipe.trainer
     data = build_data(recipe.data, env.device, t.seed, channels_last=t.channels_last,
                       rank=env.dist.rank, world_size=env.dist.world_size)
+    check_vocabulary(state, data.vocabulary, checkpoint)
     loader = data.test if split == "test" else data.val
     if loader is None:
         raise HarnessError("--split val: the recipe holds out no validation images (data.val_size is 0)")

@@ -21,6 +21,8 @@ from harness.recipe.schema import Recipe, flat_keys
 # when the run is rebuilt and nothing in the checkpoint overrides them.
 MAY_CHANGE = (
     "trainer.epochs",  # train longer or shorter (not with a per-step schedule: see check_resume)
+    "trainer.max_steps",  # the same for a step-based run
+    "trainer.throughput",  # what is measured, not what is trained
     "trainer.device", "trainer.deterministic", "trainer.compile", "trainer.channels_last", "trainer.sync_batchnorm",
     "trainer.grad_clip_norm", "trainer.grad_clip_value", "trainer.on_nonfinite", "trainer.max_nonfinite_skips",
     # an early stopping or EMA already in the run may be tuned; adding or removing one would renumber
@@ -66,11 +68,15 @@ def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path) -> Non
             f"to train these weights with other settings, start a new run with model.init_from={checkpoint}")
     # A per-step schedule is fitted to the run's length and its saved state wins on resume: more
     # epochs would run cosine back up past its end, or make onecycle raise in the middle of an epoch.
-    schedule, epochs = recipe.scheduler.name, recipe.trainer.epochs
-    saved_epochs = saved_recipe.get("trainer", {}).get("epochs", epochs)
-    if schedule in FITTED_TO_RUN and saved_epochs != epochs:
-        raise HarnessError(f"{checkpoint}: trainer.epochs={epochs}, but the checkpoint's {schedule} schedule "
-                           f"spans trainer.epochs={saved_epochs}; resume with trainer.epochs={saved_epochs}")
+    schedule = recipe.scheduler.name
+    for key in ("epochs", "max_steps"):
+        now = getattr(recipe.trainer, key)
+        was = saved_recipe.get("trainer", {}).get(key, now)
+        # every schedule of a step-based run follows its max_steps; by epochs, cosine and onecycle do
+        fitted = schedule in FITTED_TO_RUN or (key == "max_steps" and schedule != "none")
+        if fitted and was != now:
+            raise HarnessError(f"{checkpoint}: trainer.{key}={now}, but the checkpoint's {schedule} schedule "
+                               f"spans trainer.{key}={was}; resume with trainer.{key}={was}")
 
 
 def recorded_run_folder(state: dict[str, Any], checkpoint: Path) -> Path | None:

@@ -4,7 +4,9 @@ step, multistep and exponential count epochs and are stepped once per epoch; cos
 follow the optimizer steps and are stepped after every one (`scheduler.interval` changes either).
 Any other `scheduler.name` is a torch.optim.lr_scheduler class (or an import path) built with
 `scheduler.args` and stepped per epoch unless `scheduler.interval: step`. A linear warmup
-(`warmup_epochs`) runs first, on the same clock as the schedule after it (SequentialLR).
+(`warmup_epochs`, or `warmup_steps` optimizer steps) runs first, on the same clock as the schedule after
+it (SequentialLR). A step-based run (`trainer.max_steps`) is one stretch of max_steps optimizer steps:
+warmup + cosine to `min_lr` there is nanoGPT's `get_lr` (with `warmup_start_factor` 1 / (warmup_steps + 1)).
 """
 
 from __future__ import annotations
@@ -35,20 +37,23 @@ def build_scheduler(
 
     `steps_per_epoch` counts optimizer steps (batches / accumulate_grad_batches, rounded up).
     """
+    key = "warmup_steps" if cfg.warmup_steps else "warmup_epochs"
     if cfg.name == "none":
-        if cfg.warmup_epochs:
-            raise HarnessError("scheduler.warmup_epochs needs a scheduler.name (e.g. cosine)")
+        if cfg.warmup_epochs or cfg.warmup_steps:
+            raise HarnessError(f"scheduler.{key} needs a scheduler.name (e.g. cosine)")
         return None, "epoch"
     interval = schedule_interval(cfg)
     ticks_per_epoch = 1 if interval == "epoch" else steps_per_epoch
     total = epochs * ticks_per_epoch
-    warmup = math.ceil(cfg.warmup_epochs * ticks_per_epoch)
+    if cfg.warmup_steps and interval == "epoch":
+        raise HarnessError(f"scheduler.warmup_steps counts optimizer steps, but {cfg.name} is stepped per epoch: "
+                           "set scheduler.interval=step, or use scheduler.warmup_epochs")
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_epochs * ticks_per_epoch)
     if warmup and cfg.name == "onecycle":
-        raise HarnessError("scheduler.warmup_epochs: onecycle has its own warmup (pct_start); set warmup_epochs: 0")
+        raise HarnessError(f"scheduler.{key}: onecycle has its own warmup (pct_start); set {key}: 0")
     if warmup >= total:
-        raise HarnessError(
-            f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no steps for {cfg.name} (trainer.epochs={epochs})"
-        )
+        raise HarnessError(f"scheduler.{key}={getattr(cfg, key)} leaves no steps for {cfg.name} ({total} "
+                           f"{'optimizer steps' if interval == 'step' else 'epochs'} in all)")
 
     if cfg.name not in BUILTIN_SCHEDULES:
         cls = scheduler_class(cfg)

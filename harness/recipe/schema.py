@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.core.callbacks import DEFAULT_MODE, DEFAULT_MONITOR
 from harness.data.bundled import BUNDLED  # scikit-learn's bundled sets: sklearn:breast_cancer, sklearn:digits
 from harness.data.datasets import DATASETS  # the registry is the one list of built-in data set names
+from harness.data.text_chars import TEXT_CHARS
 from harness.errors import HarnessError
 
 
@@ -52,7 +53,7 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    # mnist | fashion_mnist | cifar10 | sklearn:breast_cancer | sklearn:digits | image_folder
+    # mnist | fashion_mnist | cifar10 | sklearn:breast_cancer | sklearn:digits | image_folder | text_chars
     # | import:package.module:function
     name: str = "mnist"
     root: str | None = None  # None: $HARNESS_DATA_DIR, else ./data (image_folder: holds train/, test/, val/)
@@ -69,11 +70,15 @@ class DataConfig(Section):
     num_workers: int | None = Field(None, ge=0)  # DataLoader path; None: min(4, CPUs)
     pin_memory: bool | None = None  # DataLoader path; None: when the run trains on CUDA
     persistent_workers: bool | None = None  # DataLoader path; None: when num_workers > 0
+    # text_chars: a character-level text file, split as nanoGPT does (first 90 % train, last 10 % validate)
+    path: str | None = None  # text_chars: the text file; a relative path lies under the data root
+    encoding: str = "utf-8"  # text_chars: the file's text encoding
+    block_size: int | None = Field(None, gt=0)  # text_chars: characters per window (the model's context)
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        choices = [*DATASETS, *BUNDLED, "image_folder"]
+        choices = [*DATASETS, *BUNDLED, "image_folder", TEXT_CHARS]
         module, _, function = name.removeprefix("import:").partition(":")
         if name in choices or (name.startswith("import:") and module and function):
             return name
@@ -84,6 +89,24 @@ class DataConfig(Section):
     def _mean_with_std(self) -> DataConfig:
         if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std or ())):
             raise ValueError("data.mean and data.std go together, one value per channel each")
+        return self
+
+    @model_validator(mode="after")
+    def _text_chars_keys(self) -> DataConfig:
+        if self.name != TEXT_CHARS:
+            if self.block_size is not None:
+                raise ValueError(f"data.block_size is for data.name={TEXT_CHARS}, not {self.name}")
+            return self
+        if self.path is None or self.block_size is None:
+            raise ValueError(f"data.name={TEXT_CHARS} needs data.path (the text file) and data.block_size")
+        # The split is nanoGPT's fixed 90/10 and the inputs are characters: these keys would change nothing.
+        # (Compared with the defaults, not "was it set": a run's config.yaml writes every key.)
+        defaults = DataConfig.model_fields
+        unused = [key for key in ("val_size", "classes", "train_size", "augment", "mean", "std")
+                  if getattr(self, key) != defaults[key].default]
+        if unused:
+            raise ValueError(f"data.{unused[0]} does not apply to {TEXT_CHARS} (its split is the first 90 % of the "
+                             "text for training, the last 10 % for validation)")
         return self
 
 
@@ -103,6 +126,9 @@ class OptimConfig(Section):
     nesterov: bool = False  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW only (others: optim.args.betas)
     args: dict[str, Any] = Field(default_factory=dict)  # the class's other keyword arguments, e.g. {rho: 0.95}
+    # false: weight decay only on parameters of 2 or more dimensions (matmul weights, embeddings), none on
+    # biases and normalisation gains, as nanoGPT and most transformer recipes do
+    weight_decay_1d: bool = True
     # Parameters under a group's prefix train with its settings; the rest with lr / weight_decay above.
     param_groups: list[ParamGroupConfig] = Field(default_factory=list)
 
@@ -164,11 +190,28 @@ class TrainerConfig(Section):
     log_every_n_steps: int = Field(50, gt=0)  # progress-bar refresh: the only host sync in a step
     progress: bool = True  # tqdm bar on a terminal; one line per epoch otherwise
     threads: int | None = Field(None, gt=0)  # torch.set_num_threads before anything runs; None: torch's choice
+    # Step-based training, as language models train: max_steps optimizer steps instead of trainer.epochs,
+    # validating every val_every_n_steps (None: at the end only) on limit_val_batches batches.
+    max_steps: int | None = Field(None, gt=0)
+    val_every_n_steps: int | None = Field(None, gt=0)
+    # log tokens/s, FLOPs per step, achieved FLOP/s (and MFU on a GPU of known peak), peak memory each validation
+    throughput: bool = False
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainerConfig:
+        if self.max_steps is None:
+            if self.val_every_n_steps is not None:
+                raise ValueError("trainer.val_every_n_steps needs trainer.max_steps (epochs validate every epoch)")
+            return self
+        for key in ("epochs", "limit_train_batches", "overfit_batches"):  # against the defaults, as above
+            if getattr(self, key) != TrainerConfig.model_fields[key].default:
+                raise ValueError(f"trainer.{key} counts epochs; with trainer.max_steps training runs that many steps")
+        return self
 
 
 class SchedulerConfig(Section):
@@ -181,6 +224,7 @@ class SchedulerConfig(Section):
     # the other built-in names and every class per epoch.
     interval: Literal["step", "epoch"] | None = None
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup (epochs; fractions allowed for per-step schedules)
+    warmup_steps: int = Field(0, ge=0)  # linear warmup over this many optimizer steps (per-step schedules)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)  # warmup starts at this fraction of optim.lr
     step_size: int = Field(10, gt=0)  # step: epochs between decays
     milestones: list[int] = Field(default_factory=lambda: [30, 60])  # multistep: epochs where lr *= gamma
@@ -190,10 +234,21 @@ class SchedulerConfig(Section):
     pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of steps spent rising
 
 
+class SampleConfig(Section):
+    """Text generated by a language model at every validation, into TensorBoard's TEXT tab."""
+
+    prompt: str = "\n"  # the text the model continues (its characters must be in the vocabulary)
+    tokens: int = Field(200, gt=0)  # tokens (characters) generated
+    temperature: float = Field(1.0, gt=0)  # < 1 sharpens the distribution, > 1 flattens it
+    top_k: int | None = Field(None, gt=0)  # sample among the k likeliest tokens only; None: all
+    seed: int = 0  # of the sampler's own generator: every validation draws alike, training's RNG is untouched
+
+
 class LoggingConfig(Section):
     root: str = "runs"  # run folders go to <root>/<name>/<timestamp>/
     name: str | None = None  # None: the recipe file's stem; one folder name, never a path
     tensorboard: bool = True
+    sample: SampleConfig | None = None  # text_chars: a generated text sample at every validation (TEXT tab)
 
     @field_validator("name")
     @classmethod

@@ -4,7 +4,8 @@ runs/<name>/<timestamp>/
     config.yaml         the resolved recipe (file + overrides + defaults)
     history.jsonl       one JSON object per logged step: each epoch's scalars, then the test scalars
     summary.json        best epoch, final validation and test metrics, wall time, device, versions
-    events.out.tfevents.*   TensorBoard scalars (train/, val/, test/, lr, lr_end, epoch_seconds, samples_per_s),
+    events.out.tfevents.*   TensorBoard scalars (train/, val/, test/, lr, lr_end, epoch_seconds, samples_per_s,
+                        with trainer.throughput tokens_per_s, flops_per_s, mfu, peak_memory_mb),
                         the custom-scalars layout, the recipe as text, the run's HParams row
     checkpoints/last.pt, checkpoints/best.pt
 """
@@ -12,6 +13,7 @@ runs/<name>/<timestamp>/
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,12 +25,12 @@ from harness.core import faults
 from harness.core.callbacks import Callback
 from harness.core.checkpoint import read_checkpoint
 from harness.core.device import unwrap_model
-from harness.core.distributed import broadcast_object, broadcast_tensors
+from harness.core.distributed import broadcast_object, broadcast_tensors, current
 from harness.core.loggers import TensorBoardLogger
 from harness.core.run import dashboard_charts, load_best_weights, run_summary
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError, Interrupted
-from harness.recipe.build import epochs_to_run, logged_names, run_monitor
+from harness.recipe.build import epochs_to_run, logged_names, run_monitor, steps_to_run, validation_interval
 from harness.recipe.data import Data
 from harness.recipe.parts import build_training, setup
 from harness.recipe.resume import check_resume, recorded_run_folder
@@ -44,6 +46,7 @@ from harness.recipe.run_folder import (
     write_summary,
 )
 from harness.recipe.schema import Recipe, changed_keys, dump_yaml
+from harness.recipe.weights import check_vocabulary
 
 
 def train(recipe: Recipe, recipe_path: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
@@ -113,6 +116,9 @@ class Run:
             raise
         self.data, self.trainer = parts.data, parts.trainer
         trainer, data = parts.trainer, parts.data
+        if resumed is not None:
+            assert self.resume is not None
+            check_vocabulary(resumed, data.vocabulary, self.resume)
         if self.verbose:
             print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}",
                   end="")
@@ -124,7 +130,8 @@ class Run:
 
         started = time.perf_counter()
         try:
-            trainer.fit(data.train, data.val, epochs=epochs_to_run(recipe), resume_from=self.resume)
+            trainer.fit(data.train, data.val, epochs=epochs_to_run(recipe), resume_from=self.resume,
+                        max_steps=steps_to_run(recipe), val_every_n_steps=validation_interval(recipe))
             fit_seconds = time.perf_counter() - started
             test: dict[str, Any] | None = None
             tested: str | None = None
@@ -173,16 +180,20 @@ class Run:
         if resumed is None or self.run_dir is None:
             return None
         summary_path = self.run_dir / SUMMARY
-        done = resumed["epoch"] >= epochs_to_run(self.recipe) and not resumed.get("batch_in_epoch")
+        steps = steps_to_run(self.recipe)
+        # (unit, where the checkpoint is, the run's length): epochs, or optimizer steps for a step-based run
+        unit, at, length = ("epoch", resumed["epoch"], epochs_to_run(self.recipe)) if steps is None else \
+            ("step", resumed["global_step"], steps)
+        done = at >= length and not resumed.get("batch_in_epoch")
         if not done or not summary_path.is_file():
             return None
         summary = json.loads(summary_path.read_text())
-        if summary.get("epochs_run") != resumed["epoch"]:
+        if summary.get(f"{unit}s_run") != at:
             return None
         if self.verbose:
-            print(f"already finished: {self.resume} is epoch {resumed['epoch']} of trainer.epochs="
-                  f"{self.recipe.trainer.epochs} and the run was tested; nothing to do (to train longer, resume "
-                  f"with trainer.epochs=N)", flush=True)
+            key = "trainer.epochs" if steps is None else "trainer.max_steps"
+            print(f"already finished: {self.resume} is {unit} {at} of {key}={length} and the run was tested; "
+                  f"nothing to do (to train longer, resume with {key}=N)", flush=True)
         return summary
 
     def _resume_hint(self) -> str | None:
@@ -199,7 +210,10 @@ class Run:
         why = "trainer.fast_dev_run" if self.recipe.trainer.fast_dev_run else "trainer.limit_test_batches"
         summary = {"recipe": str(self.recipe_path) if self.recipe_path else None,
                    **run_summary(self.trainer, monitor=monitor, mode=mode, test=test, tested=tested,
-                                 fit_seconds=fit_seconds, wall_seconds=wall_seconds, test_limit_reason=why)}
+                                 fit_seconds=fit_seconds, wall_seconds=wall_seconds, test_limit_reason=why,
+                                 text=self.data is not None and self.data.vocabulary is not None,
+                                 throughput=_throughput_summary(self.trainer, self.recipe)
+                                 if self.trainer.throughput else None)}
         summary["run_dir"] = str(self.run_dir) if self.run_dir else None  # rank 0's, on every rank
         return summary
 
@@ -250,3 +264,17 @@ def _tested_tensors(trainer: Trainer) -> list[torch.Tensor]:
 
 def _format(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _throughput_summary(trainer: Trainer, recipe: Recipe) -> dict[str, Any]:
+    """`trainer.throughput`'s figures over the run: the median over validation intervals of the rates (a
+    shared machine's slow spells move a mean), the largest peak memory, and the FLOPs of one optimizer step
+    (the first batch's count, times the batches of a step on every rank)."""
+    rates = {key: statistics.median(h[key] for h in trainer.history) for key in ("tokens_per_s", "flops_per_s", "mfu")
+             if trainer.history and all(key in h for h in trainer.history)}
+    per_step = None
+    if trainer.flops_per_sample is not None:
+        per_step = trainer.flops_per_sample * recipe.data.batch_size * trainer.accumulate_grad_batches \
+            * current().world_size
+    return {"flops_per_step": per_step, **rates,
+            "peak_memory_mb": max((h["peak_memory_mb"] for h in trainer.history), default=None)}
