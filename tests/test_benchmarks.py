@@ -36,3 +36,25 @@ def test_overhead_script_quick_run(tmp_path: Path, capsys) -> None:
         assert epoch["wall"] > 0 and epoch["cpu"] > 0
         assert abs(float(acc) - epoch["val_acc"]) <= 5e-5  # the table rounds to 4 places
     assert rows["raw"][5] == rows["raw"][6] == "1.000"  # raw against itself
+
+
+def test_gpt_overhead_script_quick_run(capsys) -> None:
+    from test_text_chars import shakespeare
+
+    from benchmarks import gpt_overhead
+
+    root = shakespeare().parent.parent
+    assert gpt_overhead.main(["--steps", "3", "--rounds", "2", "--warmup", "0", "--threads", "1",
+                              "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    # | contender | median round [s] | min-max [s] | tokens/s | val loss, last round |
+    rows = {cells[0]: cells for line in out.splitlines() if line.startswith("| harness") or line.startswith("| raw")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert set(rows) == {"harness", "raw"}
+    for _, median, spread, tokens, loss in rows.values():
+        low, high = (float(v) for v in spread.split("-"))
+        assert 0 < low <= float(median) <= high and float(tokens.replace(",", "")) > 0
+        assert 3.0 < float(loss) < 4.5  # 6 steps from ln(65) = 4.17
+    # the same windows, weights and learning rates: the two loops did the same work
+    assert abs(float(rows["harness"][4]) - float(rows["raw"][4])) < 1e-3
+    assert "harness / raw, paired median over 2 rounds of 3 steps" in out

@@ -158,6 +158,10 @@ def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.Mon
     for name, check in VALUE_CHECKS.items():
         if name in namespace:
             check(namespace)
+    if "val/bpc" in code:  # the step-based GPT example: the periodic text is learnt, bits per character fall
+        bpc = [entry["val/bpc"] for entry in namespace["history"]]
+        assert [entry["step"] for entry in namespace["history"]] == [20, 40]
+        assert bpc[1] < bpc[0] < 3.17  # log2(9): a uniform guess among the 9 characters
     if "scores" in namespace:  # the full Python example: 3 epochs of the seeded MLP on real MNIST
         assert namespace["scores"]["acc"] > 0.96
         assert len(namespace["history"]) == 3

@@ -30,7 +30,7 @@ MAY_CHANGE = (
     "trainer.early_stopping.patience", "trainer.early_stopping.min_delta", "trainer.ema.decay",
     "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.log_every_n_steps", "trainer.progress",
     "trainer.threads",  # CPU threads: the speed of the run (sums may round differently), not its settings
-    "metrics", "logging.tensorboard",
+    "metrics", "logging.tensorboard", "logging.sample",
     "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
     "data.eval_batch_size",
 )
