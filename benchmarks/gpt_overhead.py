@@ -1,6 +1,6 @@
 """What the harness costs on a transformer: recipes/shakespeare_char.yaml trained by the Trainer and by hand.
 
-    HARNESS_DATA_DIR=../shared/data python benchmarks/gpt_overhead.py --threads 1        # 6 rounds of 250 steps
+    HARNESS_DATA_DIR=../shared/data python benchmarks/gpt_overhead.py --threads 1        # 8 rounds of 250 steps
     HARNESS_DATA_DIR=../shared/data python benchmarks/gpt_overhead.py --steps 20 --rounds 2 --threads 1   # smoke
 
 One round = `--steps` optimizer steps of the recipe's GPT (4 layers, 128 wide, batch 12 x 64 characters) and
@@ -19,11 +19,12 @@ RandomWindows and SequentialWindows), with AdamW, the same warmup + cosine learn
            device and read every 50 steps (the harness's progress sync); validation by hand (summed NLL,
            token count, correct argmax).
 
-Method: one process. Each contender first runs `--warmup` untimed rounds. Then `--rounds` rounds, round-robin,
-the starting contender alternating, so a slow spell of a shared machine hits both alike. Reported: the median
+Method: one process. Each contender first runs `--warmup` untimed rounds (default none: the default 8 rounds
+are the recipe's whole run, 2000 steps, first-call costs included). Then `--rounds` rounds, round-robin, the
+starting contender alternating, so a slow spell of a shared machine hits both alike. Reported: the median
 round time of each, tokens/s (training tokens of a round / its wall time, validation included), and the paired
 ratio: the median over rounds of harness / raw in the same round (> 1: the harness is slower). The validation
-losses of the last round show that both did the same work.
+loss of the last round, and after it (untimed) on the whole validation split, show that both did the same work.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Harness:
         torch.manual_seed(recipe.trainer.seed)
         self.trainer = build_trainer(recipe, build_model(recipe.model), self.data, Path(self.folder.name), device)
         self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, ModelCheckpoint)]
+
+    def whole_split_loss(self) -> float:
+        return self.trainer.evaluate(self.data.test)["loss"]  # the test pass: no batch limit
 
     def round(self) -> float:
         """One round; returns the validation loss."""
@@ -136,12 +140,16 @@ class ByHand:
         loss_sum.item()
         return self.validate()
 
+    def whole_split_loss(self) -> float:
+        return self.validate(batches=None)
+
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self, batches: int | None = -1) -> float:
+        """Mean token NLL over the first `limit_val_batches` validation batches (-1), or all of them (None)."""
         self.model.eval()
         nll = torch.zeros((), dtype=torch.float64)
         tokens = correct = torch.zeros((), dtype=torch.int64)
-        for x, y in islice(self.data.val, self.val_batches):
+        for x, y in islice(self.data.val, self.val_batches if batches == -1 else batches):
             logits = self.model(x)
             flat, targets = logits.reshape(-1, logits.size(-1)), y.reshape(-1)
             nll += F.cross_entropy(flat, targets, ignore_index=-100, reduction="sum").double()
@@ -156,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=250, help="optimizer steps per round (default 250)")
-    parser.add_argument("--rounds", type=int, default=6, help="timed rounds per contender (default 6)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per contender first (default 1)")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds per contender (default 8)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed rounds per contender first (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--data-root", default=None, help="default: $HARNESS_DATA_DIR, else ./data")
     args = parser.parse_args(argv)
@@ -185,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     tokens = args.steps * recipe.data.batch_size * recipe.data.block_size
     paired = statistics.median(h / w for h, w in zip(times["harness"], times["raw"], strict=True))
     print(f"load average after {os.getloadavg()[0]:.2f}\n")
-    print("| contender | median round [s] | min-max [s] | tokens/s | val loss, last round |")
-    print("|---|---:|---:|---:|---:|")
+    whole = {name: contender.whole_split_loss() for name, contender in contenders.items()}  # untimed
+    print("| contender | median round [s] | min-max [s] | tokens/s | val loss, last round | whole validation split |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"| {name} | {median:.2f} | {min(values):.2f}-{max(values):.2f} | {tokens / median:,.0f} "
-              f"| {losses[name]:.4f} |")
+              f"| {losses[name]:.4f} | {whole[name]:.4f} |")
     print(f"\nharness / raw, paired median over {args.rounds} rounds of {args.steps} steps: {paired:.3f} "
           f"(tokens/s ratio raw / harness)")
     return 0

@@ -132,3 +132,38 @@ def test_the_shipped_recipe_runs_on_the_real_text(tmp_path: Path) -> None:
     summary = json.loads((run_folder(tmp_path) / "summary.json").read_text())
     assert summary["num_parameters"] == 795_904 + 64 * 128  # nanoGPT's 0.80M, and the position embedding
     assert 3.0 < summary["test"]["loss"] < 4.5  # from ln(65) = 4.17 at the start: 4 steps barely move it
+
+
+def test_two_ranks_count_every_validation_character_once(tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks: each trains on its own windows; the final pass over the whole validation
+    split, sharded by rank, sums to exactly what one process computes from the same checkpoint."""
+    from test_distributed import torchrun
+
+    from harness.core.trainer import Trainer
+    from harness.metrics import Perplexity, TokenCrossEntropyLoss
+    from harness.recipe.build import build_model
+    from harness.recipe.data import build_data
+    from harness.recipe.schema import load_recipe
+
+    text_file(tmp_path)
+    overrides = [*TINY, "logging.sample=null", "data.path=words.txt", f"logging.root={tmp_path / 'runs'}"]
+    proc = torchrun(2, RECIPE, *overrides, data_root=tmp_path / "data")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("test: loss") == 1  # rank 0 alone reports
+    run = run_folder(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps_run"] == 6 and summary["test_samples"] == 387  # every predicted character, once
+
+    recipe = load_recipe(RECIPE, [*overrides, f"data.root={tmp_path / 'data'}"])
+    model = build_model(recipe.model)
+    model.load_state_dict(read_checkpoint(run / "checkpoints" / "best.pt")["model"])
+    single = build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed)
+    scores = Trainer(model, None, TokenCrossEntropyLoss(), {"ppl": Perplexity()}, device="cpu",
+                     progress=False).evaluate(single.test)
+    assert summary["test"]["loss"] == pytest.approx(scores["loss"], rel=1e-6)
+    assert summary["test"]["ppl"] == pytest.approx(scores["ppl"], rel=1e-6)
+    ranks = [build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed, rank=r, world_size=2).train
+             for r in (0, 1)]
+    (x0, _), (x1, _) = (next(iter(r)) for r in ranks)
+    assert not torch.equal(x0, x1)  # each rank trains on its own windows

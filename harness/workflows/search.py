@@ -224,7 +224,9 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
             row["status"] = "diverged"
             bar.write(f"trial {number}: {e}", file=sys.stderr)
         else:
-            row.update(value=summary["best_value"], best_epoch=summary["best_epoch"], seconds=summary["wall_seconds"])
+            # a step-based recipe's summary says best_step: the column holds that step then
+            best = summary.get("best_epoch", summary.get("best_step"))
+            row.update(value=summary["best_value"], best_epoch=best, seconds=summary["wall_seconds"])
             if pruning is not None and pruning.pruned_at is not None:
                 row["status"] = "pruned"
         rows.append(row)
