@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from torch.optim import lr_scheduler
 
 from harness import Callback, Trainer, TrainingInterrupted
@@ -165,3 +166,36 @@ def test_throughput_logs_tokens_flops_and_memory(tmp_path: Path) -> None:
         assert entry["tokens_per_s"] == pytest.approx(entry["samples_per_s"] * 16)
         assert entry["flops_per_s"] == pytest.approx(entry["samples_per_s"] * trainer.flops_per_sample)
         assert entry["peak_memory_mb"] > 10 and "mfu" not in entry  # no peak FLOP/s known for a CPU
+
+
+def test_the_recipe_schedule_is_nanogpts_get_lr_step_for_step() -> None:
+    """recipes/shakespeare_char.yaml's warmup_steps + cosine, built by the recipe layer, against nanoGPT's
+    train.py `get_lr(it)` written out here, for every optimizer step of the run (and its weight decay groups)."""
+    import math
+
+    from harness.recipe.build import build_trainer
+    from harness.recipe.data import Data
+    from harness.recipe.schema import load_recipe
+    recipe = load_recipe(REPO / "recipes" / "shakespeare_char.yaml")
+    lr, min_lr, warmup, decay_steps = 1e-3, 1e-4, 100, 2000
+
+    def get_lr(it: int) -> float:  # nanoGPT's train.py
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        if it > decay_steps:
+            return min_lr
+        ratio = (it - warmup) / (decay_steps - warmup)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    model = GPT(vocab_size=65, block_size=64, n_layer=1, n_head=1, n_embd=8)  # the schedule does not depend on it
+    train, val = windows()
+    trainer = build_trainer(recipe, model, Data(train, val, val, [], 65), None, torch.device("cpu"))
+    for it in range(decay_steps):
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(get_lr(it), rel=1e-9, abs=1e-15), it
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    # nanoGPT's configure_optimizers: weight decay on the 2-D parameters (matmuls, embeddings) only
+    decayed, plain = trainer.optimizer.param_groups
+    assert all(p.ndim == 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.1
+    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
