@@ -47,15 +47,16 @@ def test_gpt_overhead_script_quick_run(capsys) -> None:
     assert gpt_overhead.main(["--steps", "3", "--rounds", "2", "--warmup", "0", "--threads", "1",
                               "--data-root", str(root)]) == 0
     out = capsys.readouterr().out
-    # | contender | median round [s] | min-max [s] | tokens/s | val loss, last round | whole validation split |
+    # | contender | median round [s] | min-max [s] | tokens/s | median round, CPU [s] | val loss, last round
+    # | whole validation split |
     rows = {cells[0]: cells for line in out.splitlines() if line.startswith("| harness") or line.startswith("| raw")
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
     assert set(rows) == {"harness", "raw"}
-    for _, median, spread, tokens, loss, whole in rows.values():
+    for _, median, spread, tokens, cpu, loss, whole in rows.values():
         low, high = (float(v) for v in spread.split("-"))
-        assert 0 < low <= float(median) <= high and float(tokens.replace(",", "")) > 0
+        assert 0 < low <= float(median) <= high and float(tokens.replace(",", "")) > 0 and float(cpu) > 0
         assert 3.0 < float(loss) < 4.5 and 3.0 < float(whole) < 4.5  # 6 steps from ln(65) = 4.17
     # the same windows, weights and learning rates: the two loops did the same work
-    assert abs(float(rows["harness"][4]) - float(rows["raw"][4])) < 1e-3
     assert abs(float(rows["harness"][5]) - float(rows["raw"][5])) < 1e-3
+    assert abs(float(rows["harness"][6]) - float(rows["raw"][6])) < 1e-3
     assert "harness / raw, paired median over 2 rounds of 3 steps" in out
