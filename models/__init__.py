@@ -9,6 +9,7 @@ from models.digits_cnn import DigitsCNN
 from models.gpt import GPT
 from models.mlp import MLP
 from models.pytorch_example import Net
+from models.residual_mlp import ResidualMLP
 from models.resnet import ResNet
 
 MODELS = {
@@ -18,6 +19,7 @@ MODELS = {
     "pytorch_example_net": Net,  # pytorch/examples mnist/main.py
     "digits_cnn": DigitsCNN,
     "gpt": GPT,  # a character-level language model: (B, T) token ids -> (B, T, vocab_size) logits
+    "residual_mlp": ResidualMLP,  # pre-norm residual blocks in a `blocks` list: what FSDP shards
 }
 
-__all__ = ["GPT", "MLP", "MODELS", "DigitsCNN", "MnistCNN", "Net", "ResNet"]
+__all__ = ["GPT", "MLP", "MODELS", "DigitsCNN", "MnistCNN", "Net", "ResNet", "ResidualMLP"]

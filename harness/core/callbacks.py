@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from harness.core import faults
+from harness.core import faults, sharded_checkpoint
 from harness.core.checkpoint import atomic_copy
 from harness.core.device import unwrap_model
+from harness.core.distributed import is_main_process
 
 if TYPE_CHECKING:  # annotations only: the Trainer imports this module
     from harness.core.trainer import Trainer
@@ -99,30 +100,37 @@ class Monitor:
 class ModelCheckpoint(Callback):
     """Writes `last.pt` after every epoch (and on SIGINT/SIGTERM) and `best.pt` when `monitor` improves.
 
-    `extra` is stored in every checkpoint (the CLI stores the resolved recipe there).
+    `extra` is stored in every checkpoint (the CLI stores the resolved recipe there). `sharded`: the
+    Trainer writes sharded checkpoints (strategy "fsdp"), links named `last` and `best` to folders
+    (`harness.core.sharded_checkpoint`); every rank then has this callback, and every rank writes.
     """
 
     def __init__(self, dirpath: str | Path, monitor: str | None = DEFAULT_MONITOR,
                  mode: Literal["min", "max"] = DEFAULT_MODE, extra: dict[str, Any] | None = None,
-                 resume_hint: str | None = None) -> None:
+                 resume_hint: str | None = None, sharded: bool = False) -> None:
         self.dirpath = Path(dirpath)
         self.tracker = Monitor(monitor, mode) if monitor else None
         self.extra = extra or {}
         self.resume_hint = resume_hint
+        self.sharded = sharded
         self.best_epoch: int | None = None
 
     @property
     def last_path(self) -> Path:
-        return self.dirpath / "last.pt"
+        return self.dirpath / ("last" if self.sharded else "last.pt")
 
     @property
     def best_path(self) -> Path:
-        return self.dirpath / "best.pt"
+        return self.dirpath / ("best" if self.sharded else "best.pt")
 
     def on_fit_start(self, trainer: Trainer) -> None:
         # A process killed mid-write leaves its temporary file (never a broken last.pt): clear them.
+        if not is_main_process():
+            return
         for stale in self.dirpath.glob(".*.pt.*.tmp"):
             stale.unlink(missing_ok=True)
+        if self.sharded:  # a killed sharded save: its temporary folder, or a folder no link points to
+            sharded_checkpoint.remove_unreferenced(self.dirpath)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         # The "best" verdict is part of the saved state, so it is decided first. best.pt is written
@@ -134,12 +142,17 @@ class ModelCheckpoint(Callback):
             self.best_epoch = epoch
             trainer.save_checkpoint(self.best_path, extra=self.extra)
             faults.reached("best:written")
-            atomic_copy(self.best_path, self.last_path)
+            if self.sharded:
+                sharded_checkpoint.copy(self.best_path, self.last_path)
+            else:
+                atomic_copy(self.best_path, self.last_path)
         else:
             trainer.save_checkpoint(self.last_path, extra=self.extra)
 
     def on_interrupt(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.last_path, extra=self.extra)
+        if not is_main_process():
+            return
         hint = self.resume_hint or f"Trainer.fit(..., resume_from={str(self.last_path)!r})"
         print(f"\ninterrupted: saved {self.last_path} ({trainer.position()}); resume with: {hint}",
               file=sys.stderr, flush=True)

@@ -148,11 +148,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Raise one line naming the keys and shapes that differ between a model and a saved state."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    check_model_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                       {k: tuple(v.shape) for k, v in state.items()}, source)
+
+
+def check_model_shapes(own: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise one line naming the keys and shapes that differ between a model's tensors and a saved
+    checkpoint's, both given as {name: shape}."""
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [f"{k} {saved[k]} vs {v}" for k, v in own.items() if k in saved and saved[k] != v]
     if missing or unexpected or shapes:
         parts = []
         if missing:

@@ -24,8 +24,9 @@ import torch
 
 from harness import __version__
 from harness.core.callbacks import ModelCheckpoint, best_entry
-from harness.core.checkpoint import atomic_save, read_checkpoint
+from harness.core.checkpoint import atomic_save
 from harness.core.loggers import TensorBoardLogger, strict_json
+from harness.core.memory import gather, peak_memory_bytes
 from harness.errors import HarnessError
 from harness.metrics import Accuracy
 from harness.stats import wilson_interval
@@ -109,11 +110,11 @@ def load_best_weights(trainer: Trainer) -> str:
     """Load the best checkpoint's weights (and callback states: the EMA average) into the Trainer, when
     its `ModelCheckpoint` wrote one; epoch and history stay those of the run. Says which weights it holds."""
     saver = _model_checkpoint(trainer)
-    if saver is None or not saver.best_path.is_file():
+    if saver is None or not saver.best_path.exists():
         return f"final weights, {_at(trainer, trainer.epoch, trainer.global_step)}"
-    state = read_checkpoint(saver.best_path)
-    trainer.load_weights(state, str(saver.best_path))
-    return f"best.pt, {_at(trainer, state['epoch'], state['global_step'])}"
+    # A sharded checkpoint (trainer strategy "fsdp"): every rank calls this, and each reads its slice.
+    state = trainer.load_weights_from(saver.best_path)
+    return f"{saver.best_path.name}, {_at(trainer, state['epoch'], state['global_step'])}"
 
 
 def _at(trainer: Trainer, epoch: int, step: int) -> str:
@@ -127,7 +128,8 @@ def run_summary(trainer: Trainer, *, monitor: str | None, mode: Literal["min", "
                 throughput: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json's content: the best epoch (or step, in step-based training) of `monitor`, the final
     scalars, the test results with how many samples they cover and the 95 % Wilson intervals of the
-    accuracies, times, device, versions.
+    accuracies, times, device, memory (per rank: the model's state at the first step, and the
+    peak), versions.
 
     `test_limit_reason` names the setting that limited the test batches, in `test_covers`; `text`: the
     test pass counted predicted tokens of a text corpus's validation split; `throughput`: the run's rates."""
@@ -157,6 +159,9 @@ def run_summary(trainer: Trainer, *, monitor: str | None, mode: Literal["min", "
                         else platform.processor() or platform.machine()),
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
         "throughput": throughput,
+        # bytes of parameters, gradients and optimizer state each rank held, against the whole model's
+        "memory": trainer.memory,
+        "peak_memory": _peak_memory(trainer.device),
         "versions": {"harness": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                      "torchvision": _torchvision_version()},
     }
@@ -186,6 +191,12 @@ def _accuracy_intervals(trainer: Trainer, test: dict[str, Any] | None, samples: 
     return {name: [*wilson_interval(round(test[name] * samples), samples)]
             for name, metric in trainer.metrics.items()
             if isinstance(metric, Accuracy) and isinstance(test.get(name), float)}
+
+
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    """Every rank's peak memory (under torchrun every rank calls this), and what was measured."""
+    peaks = gather(peak_memory_bytes(device))
+    return {"per_rank_bytes": [peak for peak, _ in peaks], "measure": peaks[0][1]}
 
 
 def _model_checkpoint(trainer: Trainer) -> ModelCheckpoint | None:

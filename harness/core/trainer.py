@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from harness.core import sharded_checkpoint
 from harness.core.callbacks import Callback, callback_key
 from harness.core.checkpoint import FORMAT, atomic_save, check_model_state, read_checkpoint
 from harness.core.device import (
@@ -45,14 +46,18 @@ from harness.core.distributed import (
     is_main_process,
     nonfinite_on_any_rank,
 )
+from harness.core.fsdp import is_sharded, lockstep, set_gradient_sync
 from harness.core.loggers import JsonlLogger, TensorBoardLogger
+from harness.core.memory import format_report, gather, per_rank_report, state_bytes
 from harness.core.progress import EpochProgress
-from harness.core.seed import get_rng_state, set_rank_rng_state
+from harness.core.seed import get_rng_state, set_rank_rng_state, set_rng_state
 from harness.core.speed import flop_counter, peak_flops, peak_memory_mb
 from harness.errors import HarnessError
 from harness.metrics import MeanMetric, Metric
 
 Precision = Literal["32", "bf16", "16"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,7 +99,8 @@ class Trainer:
         limit_train_batches / limit_val_batches: use only the first N batches of each epoch / validation pass.
         limit_test_batches: the same for `evaluate` (the test pass); None, the default, scores it all.
         compile: wrap the model in `torch.compile`; the batch dimension is marked dynamic, so an epoch's
-            short last batch reuses the graph instead of compiling another.
+            short last batch reuses the graph instead of compiling another. A sharded model is compiled
+            block by block when it is sharded (`harness.core.fsdp.shard_model`), not here.
         sync_batchnorm: under torchrun, turn BatchNorm layers into SyncBatchNorm (statistics over the
             global batch in training; CUDA only). Without it each rank normalises by its own batch, and
             validation uses rank 0's running statistics on every rank.
@@ -102,12 +108,18 @@ class Trainer:
             training data has `tokens_per_sample`), `flops_per_s` (the first training batch's FLOPs, counted
             once with `torch.utils.flop_counter`, times the samples trained per second), `mfu` (on a GPU
             whose peak `harness.core.speed.PEAK_FLOPS` knows) and `peak_memory_mb`.
+        strategy: how several processes share the work. "auto" and "ddp": under torchrun the model is
+            wrapped in DistributedDataParallel (every rank holds all of it). "fsdp": under torchrun the
+            model must come sharded (`harness.core.fsdp.shard_model`, then the optimizer built over its
+            sharded parameters); checkpoints are sharded folders (`harness.core.sharded_checkpoint`) that
+            resume at any world size, in one process too, where the model trains whole.
 
     Under torchrun (a process group is initialised, see `harness.core.distributed`) the model is wrapped in
-    DistributedDataParallel, the epoch's train loss and every metric are summed over ranks, and only
-    rank 0 logs and shows progress. Give each rank its own shard of the data (TensorLoader rank/world_size).
-    Gradient accumulation all-reduces on the last batch of each group only (DDP's `no_sync`); checkpoints
-    hold every rank's RNG states, and each rank resumes with its own.
+    DistributedDataParallel (or comes sharded), the epoch's train loss and every metric are summed over ranks,
+    and only rank 0 logs and shows progress. Give each rank its own shard of the data (TensorLoader rank/world_size).
+    Gradient accumulation reduces the gradients on the last batch of each group only (DDP's `no_sync`, FSDP's
+    `set_requires_gradient_sync`); single-file checkpoints hold every rank's RNG states, sharded ones each
+    rank's own, and each rank resumes with its own.
     """
 
     def __init__(
@@ -138,7 +150,10 @@ class Trainer:
         compile: bool = False,
         sync_batchnorm: bool = False,
         throughput: bool = False,
+        strategy: Strategy = "auto",
     ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy {strategy!r}: allowed are {', '.join(STRATEGIES)}")
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun pinned this rank's GPU
@@ -147,16 +162,27 @@ class Trainer:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         model = model.to(self.device)
         if sync_batchnorm and is_distributed() and optimizer is not None:
+            if is_sharded(model):  # converting swaps modules fully_shard already wrapped
+                raise ValueError("sync_batchnorm with a sharded model: convert BatchNorm layers before sharding")
             model = convert_sync_batchnorm(model, self.device)
         self.model = model
         # Validation runs the bare module: DDP's forward broadcasts buffers, a collective that would
         # hang when ranks have different numbers of validation batches (shards are not padded).
         self.eval_model = model
-        if is_distributed() and optimizer is not None:  # evaluation needs no gradient all-reduce
+        self.strategy = strategy
+        self.sharded_checkpoints = strategy == "fsdp"  # in one process too: a torchrun run may resume them
+        if is_sharded(model):  # FSDP: every rank runs every forward, validation included (see validate)
+            if strategy != "fsdp":
+                raise ValueError(f"the model is sharded (fully_shard), so strategy must be 'fsdp', not {strategy!r}")
+            _check_optimizer_holds(model, optimizer)
+        elif strategy == "fsdp" and is_distributed() and optimizer is not None:
+            raise ValueError("strategy='fsdp' under torchrun: shard the model first (harness.core.fsdp.shard_model), "
+                             "then build the optimizer over its sharded parameters")
+        elif is_distributed() and optimizer is not None:  # evaluation needs no gradient all-reduce
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.compiled = compile
-        if compile:
+        if compile and not is_sharded(model):  # a sharded model compiles block by block (shard_model)
             ddp = self.model is not model
             self.model = torch.compile(self.model)
             self.eval_model = torch.compile(model) if ddp else self.model  # validation compiled too
@@ -186,6 +212,9 @@ class Trainer:
         self.throughput = throughput
         self.flops_per_sample: float | None = None  # counted on the first training batch of a `throughput` fit
         self.last_pass_samples = 0  # samples (a language model's: tokens) the last validate / evaluate pass covered
+        # Bytes of parameters, gradients and optimizer state, per rank and unsharded, measured at the first
+        # optimizer step (when all three exist): `harness.core.memory.per_rank_report`.
+        self.memory: dict[str, Any] | None = None
 
         self.epoch = 0  # epochs completed (step-based training: validation intervals completed)
         self.global_step = 0  # optimizer steps taken
@@ -327,7 +356,9 @@ class Trainer:
         for i, batch in enumerate(bar, start=start):
             batch = self.to_device(batch)
             step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
-            with gradient_sync(self.model, step_ends):  # under DDP: all-reduce on a group's last batch only
+            # Reduce the gradients once, at the group's last batch: DDP's no_sync, FSDP's gradient sync switch.
+            set_gradient_sync(self.model, step_ends)  # a sharded model's; a no-op for any other
+            with gradient_sync(self.model, step_ends):  # DDP's; a no-op for any other
                 loss = self._forward_backward(batch, i, total)
             # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
             # even when the group's last loss is finite.
@@ -462,7 +493,15 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.memory is None:  # the first step: parameters, gradients and optimizer state all exist now
+            self._measure_memory()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _measure_memory(self) -> None:
+        """What each rank holds against the whole model (every rank calls this at its first step together)."""
+        self.memory = per_rank_report(gather(state_bytes(self.model, self.optimizer)))
+        if self.progress:
+            print(f"# memory after the first step: {format_report(self.memory)}", flush=True)
 
     def train_step(self, batch: Any, *more: Any) -> Tensor:
         """One optimizer step on one batch, or on a group of batches (all already on the device), outside `fit`.
@@ -520,11 +559,16 @@ class Trainer:
         self.loss_metric.reset()
         for metric in self.metrics.values():
             metric.reset()
+        batches = islice(data, _num_batches(data, limit))
+        # A sharded forward is a collective: every rank runs as many as the rank with the most batches.
+        steps = lockstep(batches, self.device) if is_sharded(self.model) else ((b, True) for b in batches)
         try:
-            for batch in islice(data, _num_batches(data, limit)):
+            for batch, counted in steps:
                 batch = self.to_device(batch)
                 with self.autocast():
                     loss, preds, target = self.validation_step(batch)
+                if not counted:  # a repeat that only keeps this rank in step with the others
+                    continue
                 self.loss_metric.update(loss.detach(), weight=self._loss_weight(target))
                 preds = float32_predictions(preds)  # bf16/fp16 logits would tie and round in the metrics
                 for metric in self.metrics.values():
@@ -629,6 +673,12 @@ class Trainer:
         return {
             "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            **self._progress_state(),
+        }
+
+    def _progress_state(self) -> dict[str, Any]:
+        """`state_dict()` without the model and the optimizer: what a sharded checkpoint's trainer.pt holds."""
+        return {
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch,
@@ -638,6 +688,7 @@ class Trainer:
             "history": list(self.history),
             "callbacks": {callback_key(cb, i): cb.state_dict() for i, cb in enumerate(self.callbacks)},
             "data": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,
+            "world_size": current().world_size,  # data.batch_size is per process: the global batch is both
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
@@ -649,6 +700,10 @@ class Trainer:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as e:
                 raise HarnessError(f"{source}: optimizer state does not fit this optimizer ({e})") from None
+        self._load_progress(state, source)
+
+    def _load_progress(self, state: dict[str, Any], source: str) -> None:
+        """Schedule, scaler, counters and history from a saved state (the model and optimizer aside)."""
         for name in ("scheduler", "scaler"):
             obj, saved = getattr(self, name), state.get(name)
             if obj is not None and saved is None:
@@ -667,6 +722,9 @@ class Trainer:
         model = unwrap_model(self.model)
         check_model_state(model, state["model"], source)
         model.load_state_dict(state["model"])
+        self._load_callbacks(state)
+
+    def _load_callbacks(self, state: dict[str, Any]) -> None:
         saved_callbacks = state.get("callbacks", {})
         for i, callback in enumerate(self.callbacks):
             key = callback_key(callback, i)
@@ -674,7 +732,14 @@ class Trainer:
                 callback.load_state_dict(saved_callbacks[key])
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write `state_dict()`, the RNG states and `extra` to `path` atomically (see `harness.core.checkpoint`)."""
+        """Write `state_dict()`, the RNG states and `extra` to `path` atomically (see `harness.core.checkpoint`).
+
+        With strategy "fsdp" `path` is a sharded checkpoint's link (`harness.core.sharded_checkpoint`):
+        every rank writes its slice of the model and optimizer and its own RNG states; call it on every rank."""
+        if self.sharded_checkpoints:
+            state = {**self._progress_state(), "extra": extra or {}}
+            sharded_checkpoint.save(path, unwrap_model(self.model), self.optimizer, state, get_rng_state())
+            return Path(path)
         state = self.state_dict()
         state.update(format=FORMAT, rng=get_rng_state(), extra=extra or {})
         if self._rank_rng is not None and self._rank_rng[:2] == (self.global_step, self.batch_in_epoch):
@@ -683,13 +748,41 @@ class Trainer:
         return Path(path)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore this Trainer and the global RNGs from `path` for an exact resume; returns the raw state.
-        Under torchrun each rank restores its own RNG states (`harness.core.seed.set_rank_rng_state`)."""
-        state = read_checkpoint(path)
-        self.load_state_dict(state, source=str(path))
+        """Restore this Trainer and the global RNGs from `path` for an exact resume; returns the raw state
+        (of a sharded checkpoint: its trainer.pt, without the tensors). Under torchrun each rank restores its
+        own RNG states (`harness.core.seed.set_rank_rng_state`). A sharded checkpoint is resharded to this
+        run's ranks; each rank takes the RNG states its rank saved (a rank the saving run did not have keeps
+        the streams its seeding gave it)."""
         rank = current()
-        set_rank_rng_state(state, rank.rank, rank.world_size)
+        if not sharded_checkpoint.is_sharded_checkpoint(path):
+            state = read_checkpoint(path)
+            self.load_state_dict(state, source=str(path))
+            set_rank_rng_state(state, rank.rank, rank.world_size)
+            return state
+        state = sharded_checkpoint.read_state(path)
+        self._load_sharded(path, state, optimizer=True)
+        self._load_progress(state, str(path))
+        rng = sharded_checkpoint.read_rng(path, rank.rank)
+        if rng is not None:
+            set_rng_state(rng)
         return state
+
+    def load_weights_from(self, path: str | Path) -> dict[str, Any]:
+        """`load_weights` from a checkpoint file or a sharded checkpoint (every rank calls this for a sharded
+        one: each reads its slice); returns the saved state (of a sharded checkpoint: its trainer.pt)."""
+        if not sharded_checkpoint.is_sharded_checkpoint(path):
+            state = read_checkpoint(path)
+            self.load_weights(state, str(path))
+            return state
+        state = sharded_checkpoint.read_state(path)
+        self._load_sharded(path, state, optimizer=False)
+        return state
+
+    def _load_sharded(self, path: str | Path, state: dict[str, Any], optimizer: bool) -> None:
+        model = unwrap_model(self.model)
+        sharded_checkpoint.check_model(model, path)
+        sharded_checkpoint.load(path, model, self.optimizer if optimizer else None)
+        self._load_callbacks(state)
 
     # ------------------------------------------------------------------ internals
     def to_device(self, batch: Any) -> Any:
@@ -786,3 +879,14 @@ def _to_python(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.item() if value.ndim == 0 else value.tolist()
     return value
+
+
+def _check_optimizer_holds(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """fully_shard replaces every parameter with a sharded one: an optimizer built before it would update
+    tensors the model no longer uses, and the run would not learn."""
+    if optimizer is None:
+        return
+    own = {id(p) for p in model.parameters()}
+    if any(id(p) not in own for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("the optimizer holds parameters the sharded model does not have: build it after "
+                         "sharding, over model.parameters()")

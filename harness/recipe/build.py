@@ -17,7 +17,8 @@ from torch import nn
 
 from harness import metrics
 from harness.core.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
-from harness.core.distributed import is_distributed, is_main_process
+from harness.core.distributed import any_rank, current, is_distributed, is_main_process
+from harness.core.fsdp import is_sharded
 from harness.core.seed import get_rng_state, set_rng_state
 from harness.core.text_samples import TextSamples
 from harness.core.trainer import Trainer
@@ -28,6 +29,7 @@ from harness.recipe.data import Data
 from harness.recipe.imports import import_object
 from harness.recipe.schedules import build_scheduler, schedule_interval
 from harness.recipe.schema import LossConfig, MetricConfig, ModelConfig, OptimConfig, Recipe
+from harness.recipe.strategy import prepare_model, strategy_note
 from models import MODELS
 
 
@@ -255,17 +257,23 @@ def check_monitors(recipe: Recipe, validates: bool | None = None) -> None:
 
 def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | None, device: torch.device,
                   extra_callbacks: Iterable[Callback] = (), resume_hint: str | None = None,
-                  trainer_class: type[Trainer] = Trainer, checkpoints: bool = True) -> Trainer:
+                  trainer_class: type[Trainer] = Trainer, checkpoints: bool = True,
+                  shared_run_dir: Path | None = None) -> Trainer:
     """The training Trainer for a recipe on `device` (resolved once, by `harness.recipe.parts.setup`);
     `run_dir` None writes nothing (fast_dev_run, tests); `checkpoints=False` logs to `run_dir` but
-    saves no checkpoints (cross-validation folds)."""
+    saves no checkpoints (cross-validation folds). `shared_run_dir`: the run folder rank 0 made, given to
+    the other ranks under `strategy: fsdp`, where every rank writes its slice of each checkpoint."""
     t = recipe.trainer
     validates = data.val is not None
     check_monitors(recipe, validates)
     monitor, mode = run_monitor(recipe, validates)
-    note = monitor_note(recipe, validates)
-    if note is not None and is_main_process():
-        print(note, file=sys.stderr, flush=True)
+    world_size = current().world_size
+    for note in (monitor_note(recipe, validates), strategy_note(recipe, world_size)):
+        if note is not None and is_main_process():
+            print(note, file=sys.stderr, flush=True)
+    if recipe.logging.sample is not None and t.strategy == "fsdp" and world_size > 1:
+        raise HarnessError("logging.sample with trainer.strategy=fsdp under torchrun: rank 0 alone generates the "
+                           "samples, and a sharded model's forward needs every rank; set logging.sample=null")
     if t.sync_batchnorm and is_distributed() and device.type != "cuda":
         raise HarnessError(f"trainer.sync_batchnorm=true needs CUDA ranks (device is {device.type}): torch's "
                            "SyncBatchNorm does not train on the CPU; leave it false (validation uses rank 0's "
@@ -274,6 +282,10 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     freeze_parameters(model, recipe.model.freeze)  # frozen parameters never reach the optimizer
+    # Activation checkpointing and FSDP sharding; the optimizer comes after: it must hold the sharded parameters.
+    model, laid_out = prepare_model(recipe, model, world_size)
+    if laid_out is not None and is_main_process():
+        print(f"# {laid_out}", flush=True)
     optimizer = build_optimizer(recipe.optim, parameter_groups(model, recipe.optim), device)
     limits = batch_limits(recipe)
     # fast_dev_run's single batch leaves no room for a warmup: run the schedule without it.
@@ -293,11 +305,13 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
             raise HarnessError(f"trainer.early_stopping.mode: say min or max for monitor {es.monitor!r}")
         stop_monitor, stop_mode = run_monitor(recipe, validates, es.monitor, es.mode)
         callbacks.append(EarlyStopping(stop_monitor, stop_mode, es.patience, es.min_delta))
-    if run_dir is not None and checkpoints:
-        extra = {"recipe": recipe.to_dict(), "run_dir": str(run_dir.resolve())}
+    folder = run_dir if run_dir is not None else shared_run_dir
+    if folder is not None and checkpoints:
+        extra = {"recipe": recipe.to_dict(), "run_dir": str(folder.resolve())}
         if data.vocabulary is not None:  # the id -> character mapping: sampling and scoring decode with it
             extra["vocabulary"] = data.vocabulary
-        callbacks.append(ModelCheckpoint(run_dir / "checkpoints", monitor, mode, extra=extra, resume_hint=resume_hint))
+        callbacks.append(ModelCheckpoint(folder / "checkpoints", monitor, mode, extra=extra, resume_hint=resume_hint,
+                                         sharded=t.strategy == "fsdp"))
     if recipe.logging.sample is not None and run_dir is not None and recipe.logging.tensorboard:
         callbacks.append(text_samples(recipe, model, data))
     callbacks.extend(extra_callbacks)
@@ -310,7 +324,7 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         loggers=[] if run_dir is None else None, tensorboard=recipe.logging.tensorboard, progress=t.progress,
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=limits.train, limit_val_batches=limits.val, limit_test_batches=limits.test,
-        compile=t.compile, sync_batchnorm=t.sync_batchnorm, throughput=t.throughput,
+        compile=t.compile, sync_batchnorm=t.sync_batchnorm, throughput=t.throughput, strategy=t.strategy,
     )
 
 
@@ -415,11 +429,12 @@ def check_model_fits_data(recipe: Recipe, trainer: Trainer, data: Data) -> None:
     rng = get_rng_state()
     model, was_training = trainer.eval_model, trainer.eval_model.training
     # The bare module, as validate runs it: no DDP collective that a rank with no test batch would miss.
+    # A sharded model's forward is a collective: then every rank runs it, or none does.
     training_model, trainer.model = trainer.model, model
     model.eval()
     try:
         batch = next(iter(data.test), None)
-        if batch is None:
+        if any_rank(batch is None, trainer.device) if is_sharded(model) else batch is None:
             return
         with torch.no_grad(), trainer.autocast():
             _, preds, target = trainer.validation_step(trainer.to_device(batch))  # as validate feeds it

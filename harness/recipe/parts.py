@@ -34,6 +34,7 @@ from harness.recipe.build import (
 from harness.recipe.classes import check_classes
 from harness.recipe.data import Data, build_data
 from harness.recipe.schema import MetricConfig, Recipe
+from harness.recipe.strategy import strategy_blocks
 from harness.recipe.weights import check_same_data, check_vocabulary, init_model, load_checkpoint_model
 
 SPLITS = ("test", "val")
@@ -84,7 +85,8 @@ class Training:
 def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming: bool = False,
                    resume_hint: str | None = None, trainer_class: type[Trainer] = Trainer,
                    callbacks: Sequence[Callback] = (), checkpoints: bool = True,
-                   indices: tuple[torch.Tensor, torch.Tensor] | None = None) -> Training:
+                   indices: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   shared_run_dir: Path | None = None) -> Training:
     """The model (before the data: a bad model name fails in a second), its `model.init_from` weights
     unless resuming (a resume loads the checkpoint's), this rank's data, and the Trainer.
 
@@ -92,7 +94,8 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     With `trainer.compile`, Dynamo's caches are reset first: the runs of one process (sweep trials, compared
     models, folds) each compile their own model instead of reaching Dynamo's recompile limit and silently
     running eagerly. Under torchrun each rank is then reseeded from `(trainer.seed, rank)`
-    (`harness.core.seed.seed_rank`): ranks draw different dropout masks, the same ones on every run."""
+    (`harness.core.seed.seed_rank`): ranks draw different dropout masks, the same ones on every run.
+    `shared_run_dir`: see `build_trainer` (the other ranks' view of rank 0's run folder, under FSDP)."""
     t = recipe.trainer
     check_monitors(recipe, validates=True if indices is not None else None)  # a fold validates on its held-out fold
     check_classes(recipe.optim, recipe.loss, recipe.scheduler)  # unknown names and keywords: before the data
@@ -100,12 +103,14 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     if t.compile:
         torch._dynamo.reset()
     model = build_model(recipe.model)
+    strategy_blocks(recipe, model)  # class names the model does not have: before the data too
     initialised = None if resuming else init_model(model, recipe.model)
     data = build_data(recipe.data, env.device, t.seed, overfit_batches=t.overfit_batches,
                       channels_last=t.channels_last, rank=env.dist.rank, world_size=env.dist.world_size,
                       indices=indices)
     trainer = build_trainer(recipe, model, data, run_dir, env.device, extra_callbacks=callbacks,
-                            resume_hint=resume_hint, trainer_class=trainer_class, checkpoints=checkpoints)
+                            resume_hint=resume_hint, trainer_class=trainer_class, checkpoints=checkpoints,
+                            shared_run_dir=shared_run_dir)
     check_model_fits_data(recipe, trainer, data)
     if env.dist.world_size > 1:  # after the model is built: its initial weights are the same on every rank
         seed_rank(t.seed, env.dist.rank)

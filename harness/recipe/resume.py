@@ -33,6 +33,9 @@ MAY_CHANGE = (
     "metrics", "logging.tensorboard", "logging.sample",
     "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
     "data.eval_batch_size",
+    # how the model is laid out over the ranks, not what it computes (the strategy itself stays: it
+    # decides the checkpoints' format)
+    "trainer.fsdp", "trainer.activation_checkpointing",
 )
 
 
@@ -47,13 +50,21 @@ def _may_change(key: str) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE)
 
 
-def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path) -> None:
+def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path, world_size: int = 1) -> None:
     """Refuse a recipe that differs from the checkpoint's in a key outside `MAY_CHANGE` (one line
-    naming every such key with both values), and more or fewer epochs under a per-step schedule."""
+    naming every such key with both values), more or fewer epochs under a per-step schedule, and a
+    global batch (`data.batch_size` per process x processes) other than the checkpoint's.
+
+    `data.batch_size` may change when the number of processes (`world_size`) does, as long as the
+    global batch stays: saved by 2 processes of 16, resumed by 1 of 32 or by 4 of 8."""
     saved_recipe = state.get("extra", {}).get("recipe")
     if saved_recipe is None:  # saved from Python without a recipe: nothing to compare
         return
     saved, current = flat_keys(saved_recipe), flat_keys(recipe.to_dict())
+    saved_world = int(state.get("world_size", world_size))
+    if saved_world != world_size:  # data.batch_size is per process: compare global batches instead
+        _check_global_batch(saved["data.batch_size"], saved_world, current["data.batch_size"], world_size, checkpoint)
+        saved["data.batch_size"] = current["data.batch_size"]
     defaults = flat_keys(Recipe().to_dict())
     changed = []
     for key in sorted(set(saved) | set(current)):
@@ -77,6 +88,17 @@ def check_resume(state: dict[str, Any], recipe: Recipe, checkpoint: Path) -> Non
         if fitted and was != now:
             raise HarnessError(f"{checkpoint}: trainer.{key}={now}, but the checkpoint's {schedule} schedule "
                                f"spans trainer.{key}={was}; resume with trainer.{key}={was}")
+
+
+def _check_global_batch(saved_batch: int, saved_world: int, batch: int, world: int, checkpoint: Path) -> None:
+    """The samples of an optimizer step, and so the run's loss curve, stay the checkpoint's."""
+    if saved_batch * saved_world == batch * world:
+        return
+    fits = saved_batch * saved_world / world
+    hint = (f"with {world} process{'es' * (world > 1)} set data.batch_size={int(fits)}" if fits == int(fits)
+            else f"{world} processes cannot split it evenly")
+    raise HarnessError(f"{checkpoint}: trained with a global batch of {saved_batch * saved_world} (data.batch_size="
+                       f"{saved_batch} x {saved_world} process{'es' * (saved_world > 1)}); a resume keeps it: {hint}")
 
 
 def recorded_run_folder(state: dict[str, Any], checkpoint: Path) -> Path | None:

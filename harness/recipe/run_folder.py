@@ -6,7 +6,8 @@
         summary.json         what the command found, written atomically at the end (its name and the
                              training summary's keys: harness.core.run, shared with the Python API)
         events.out.tfevents.*   TensorBoard
-        checkpoints/last.pt, checkpoints/best.pt   (ModelCheckpoint names them)
+        checkpoints/last.pt, checkpoints/best.pt   (ModelCheckpoint names them; under trainer.strategy=fsdp
+                             checkpoints/last and checkpoints/best, links to sharded folders)
 """
 
 from __future__ import annotations
@@ -90,12 +91,21 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    return ModelCheckpoint(checkpoint_dir(run_dir), monitor=None).last_path
+def last_checkpoint(run_dir: Path, sharded: bool | None = None) -> Path:
+    """`checkpoints/last.pt`, or the sharded `checkpoints/last`; None: the sharded one when it exists."""
+    return _checkpoint(run_dir, sharded).last_path
 
 
-def best_checkpoint(run_dir: Path) -> Path:
-    return ModelCheckpoint(checkpoint_dir(run_dir), monitor=None).best_path
+def best_checkpoint(run_dir: Path, sharded: bool | None = None) -> Path:
+    """`checkpoints/best.pt`, or the sharded `checkpoints/best`; None: the sharded one when it exists."""
+    return _checkpoint(run_dir, sharded).best_path
+
+
+def _checkpoint(run_dir: Path, sharded: bool | None) -> ModelCheckpoint:
+    if sharded is None:
+        folder = checkpoint_dir(run_dir)
+        sharded = (folder / "last").exists() or (folder / "best").exists()
+    return ModelCheckpoint(checkpoint_dir(run_dir), monitor=None, sharded=sharded)
 
 
 def write_config(run_dir: Path, recipe: Recipe) -> Path:

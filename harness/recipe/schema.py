@@ -164,6 +164,15 @@ class EMAConfig(Section):
     decay: float = Field(0.999, gt=0, lt=1)  # per optimizer step
 
 
+class FSDPConfig(Section):
+    # Class names of the modules sharded one by one before the root (e.g. [Block]); None: the model's
+    # `blocks` list when it has one, else the root alone.
+    shard: list[str] | None = None
+    # Free a block's gathered parameters after its forward, gather them again for its backward: less
+    # memory, one more all-gather per block and step.
+    reshard_after_forward: bool = True
+
+
 class TrainerConfig(Section):
     epochs: int = Field(5, gt=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -196,6 +205,14 @@ class TrainerConfig(Section):
     val_every_n_steps: int | None = Field(None, gt=0)
     # log tokens/s, FLOPs per step, achieved FLOP/s (and MFU on a GPU of known peak), peak memory each validation
     throughput: bool = False
+    # How torchrun's processes share the work. auto / ddp: each holds the whole model (DDP); fsdp: each
+    # holds a slice of the parameters, gradients and optimizer state, and checkpoints are sharded folders.
+    # One process trains the whole model whatever this says.
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
+    # Recompute these modules' activations in the backward pass instead of keeping them: class names, or
+    # true for the blocks trainer.fsdp.shard names (default: the model's `blocks`). Any strategy.
+    activation_checkpointing: bool | list[str] = False
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -211,6 +228,21 @@ class TrainerConfig(Section):
         for key in ("epochs", "limit_train_batches", "overfit_batches"):  # against the defaults, as above
             if getattr(self, key) != TrainerConfig.model_fields[key].default:
                 raise ValueError(f"trainer.{key} counts epochs; with trainer.max_steps training runs that many steps")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_combinations(self) -> TrainerConfig:
+        if self.strategy != "fsdp":
+            return self
+        if self.precision == "16":
+            raise ValueError("trainer.precision=16 with trainer.strategy=fsdp: fp16 loss scaling would need "
+                             "every rank to agree on skipped steps; use precision bf16")
+        if self.ema is not None:
+            raise ValueError("trainer.ema with trainer.strategy=fsdp: the weight average is not sharded; "
+                             "set trainer.ema=null")
+        if self.sync_batchnorm:
+            raise ValueError("trainer.sync_batchnorm with trainer.strategy=fsdp: SyncBatchNorm is for DDP; "
+                             "set trainer.sync_batchnorm=false")
         return self
 
 

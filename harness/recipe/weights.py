@@ -4,6 +4,9 @@
 `load_checkpoint_model` gives the recipe's model with a checkpoint's weights, raw or EMA as the recipe
 says (`choose_weights`), for every command that scores or exports a checkpoint; `check_same_data`
 refuses a recipe whose data differs from the one the checkpoint was trained on.
+
+A sharded checkpoint (a folder that `trainer.strategy: fsdp` writes) is accepted wherever a checkpoint
+file is: its model is consolidated into whole tensors in this process, whatever world size wrote it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.core.checkpoint import FORMAT, check_model_state, load_file, read_checkpoint
+from harness.core import sharded_checkpoint
+from harness.core.checkpoint import FORMAT, check_model_state, load_file
 from harness.data.text_chars import TEXT_CHARS
 from harness.errors import HarnessError
 from harness.recipe.build import build_model
@@ -84,6 +88,9 @@ def _init_path(pattern: str) -> Path:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if sharded_checkpoint.is_sharded_checkpoint(path):
+        sharded_checkpoint.read_state(path)  # a folder that is no sharded checkpoint: one line
+        return sharded_checkpoint.consolidate(path)
     if not path.is_file():
         raise HarnessError(f"model.init_from: file not found: {path}")
     state = load_file(path, f"model.init_from {path}")
@@ -114,9 +121,13 @@ def _rename_keys(weights: dict[str, torch.Tensor], mapping: dict[str, str], wher
 def load_checkpoint_model(recipe: Recipe, checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any], str]:
     """The recipe's model with the checkpoint's weights (EMA when the recipe has trainer.ema), in eval
     mode on the CPU; the checkpoint's state; and words saying which weights were loaded. A missing,
-    corrupt or foreign checkpoint raises HarnessError."""
-    state = read_checkpoint(checkpoint)
+    corrupt or foreign checkpoint raises HarnessError. A sharded checkpoint's model is consolidated
+    (its state then holds the whole tensors as "model")."""
+    state = sharded_checkpoint.read_checkpoint_state(checkpoint)
     model = build_model(recipe.model)
+    if sharded_checkpoint.is_sharded_checkpoint(checkpoint):
+        sharded_checkpoint.check_model(model, checkpoint)  # names and shapes, before reading any tensor
+        state = {**state, "model": sharded_checkpoint.consolidate(checkpoint)}
     weights, note = choose_weights(state, recipe, Path(checkpoint))
     check_model_state(model, weights, str(checkpoint))
     model.load_state_dict(weights)

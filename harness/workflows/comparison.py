@@ -244,7 +244,7 @@ def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint:
         summary = Run(recipe, path, run_dir=run_dir, verbose=False, hparams=hparams).execute()
         row.update(train_seconds=summary["fit_seconds"], peak_mem_mb=_peak_memory_mb(device) if exact else None)
         best = best_checkpoint(run_dir)
-        checkpoint = best if best.is_file() else last_checkpoint(run_dir)
+        checkpoint = best if best.exists() else last_checkpoint(run_dir)
     scores = evaluate(recipe, checkpoint, "test", speed=measure, write=False, verbose=False)
     row.update(checkpoint=str(checkpoint), test_acc=scores["accuracy"],
                test_macro_f1=scores["averages"]["macro"]["f1"], test_loss=scores["loss"])

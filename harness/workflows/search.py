@@ -273,7 +273,7 @@ def _test_chosen(chosen: dict[str, Any], recipe: Any) -> str:
     """Score the chosen trial's best.pt (else last.pt) on the test split, once; its figures go into its row."""
     run_dir = Path(chosen["run_dir"])
     best = best_checkpoint(run_dir)
-    checkpoint = best if best.is_file() else last_checkpoint(run_dir)
+    checkpoint = best if best.exists() else last_checkpoint(run_dir)
     scores = evaluate(recipe, checkpoint, "test", verbose=False)
     chosen["test"] = {"loss": scores["loss"], "accuracy": scores["accuracy"],
                       "macro_f1": scores["averages"]["macro"]["f1"]}

@@ -23,11 +23,11 @@ import torch
 
 from harness.core import faults
 from harness.core.callbacks import Callback
-from harness.core.checkpoint import read_checkpoint
 from harness.core.device import unwrap_model
 from harness.core.distributed import broadcast_object, broadcast_tensors, current
 from harness.core.loggers import TensorBoardLogger
 from harness.core.run import dashboard_charts, load_best_weights, run_summary
+from harness.core.sharded_checkpoint import read_checkpoint_state
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError, Interrupted
 from harness.recipe.build import epochs_to_run, logged_names, run_monitor, steps_to_run, validation_interval
@@ -89,9 +89,9 @@ class Run:
         # a bad device fails here, before any data is read.
         env = setup(recipe)
         self.verbose = self.verbose and env.dist.is_main
-        resumed = read_checkpoint(self.resume) if self.resume is not None else None
+        resumed = read_checkpoint_state(self.resume) if self.resume is not None else None
         if resumed is not None:
-            check_resume(resumed, recipe, self.resume)
+            check_resume(resumed, recipe, self.resume, world_size=env.dist.world_size)
         # Only rank 0 writes: the other ranks get no run folder, hence no checkpoints and no loggers.
         given_folder = self.run_dir is not None  # by the caller: a sweep trial, a compared model
         made_here = not given_folder and resumed is None  # a new folder this run makes for itself
@@ -99,6 +99,11 @@ class Run:
         # removes what the run made below it, and nothing above.
         existed = nearest_existing(command_parent(recipe, self.recipe_path)) if made_here else None
         self.run_dir = None if t.fast_dev_run or not env.dist.is_main else self._make_run_dir(resumed)
+        # Under FSDP every rank writes its slice of each checkpoint into rank 0's run folder.
+        shared = None
+        if t.strategy == "fsdp" and env.dist.world_size > 1:
+            shared = broadcast_object(str(self.run_dir) if self.run_dir is not None else None)
+            shared = Path(shared) if shared is not None else None
         finished = self._finished_summary(resumed)
         if finished is not None:
             return finished
@@ -107,7 +112,7 @@ class Run:
             dashboard = Dashboard(recipe, self.hparams, tested=self.test)
             parts = build_training(recipe, env, self.run_dir, resuming=self.resume is not None,
                                    resume_hint=self._resume_hint(), trainer_class=self.trainer_class,
-                                   callbacks=[*self.callbacks, dashboard])
+                                   callbacks=[*self.callbacks, dashboard], shared_run_dir=shared)
             dashboard.validates = parts.data.val is not None
         except (HarnessError, Interrupted):
             # Bad input found (or a signal) while building: leave no empty folder behind that this run made.
@@ -137,7 +142,8 @@ class Run:
             tested: str | None = None
             if self.test:
                 tested = load_best_weights(trainer)
-                if env.dist.world_size > 1:  # rank 0 read best.pt: every rank tests the same weights
+                # rank 0 read best.pt: every rank tests the same weights (sharded: every rank read its slice)
+                if env.dist.world_size > 1 and not trainer.sharded_checkpoints:
                     broadcast_tensors(_tested_tensors(trainer))
                     tested = broadcast_object(tested)
                 try:
@@ -201,7 +207,9 @@ class Run:
             return None
         # The run's config.yaml, not the recipe file: it holds the overrides too, which a resume
         # from the bare recipe would silently drop (or refuse, when they changed the model).
-        return f"python -m harness.train {self.run_dir / 'config.yaml'} --resume {last_checkpoint(self.run_dir)}"
+        sharded = self.recipe.trainer.strategy == "fsdp"
+        return (f"python -m harness.train {self.run_dir / 'config.yaml'} "
+                f"--resume {last_checkpoint(self.run_dir, sharded)}")
 
     def _summary(self, test: dict[str, Any] | None, tested: str | None, fit_seconds: float,
                  wall_seconds: float) -> dict[str, Any]:
