@@ -167,3 +167,11 @@ def test_two_ranks_count_every_validation_character_once(tmp_path: Path) -> None
              for r in (0, 1)]
     (x0, _), (x1, _) = (next(iter(r)) for r in ranks)
     assert not torch.equal(x0, x1)  # each rank trains on its own windows
+
+
+def test_fast_dev_run_takes_one_step_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    text_file(tmp_path)
+    assert train(tmp_path, "trainer.fast_dev_run=true") == 0
+    out = capsys.readouterr().out
+    assert "the first 1 batch of the validation split" in out and "final weights, step 1)" in out
+    assert not (tmp_path / "runs").exists()
