@@ -1,7 +1,7 @@
 """How long a bootstrap interval takes: 1,000 resamples of 10,000 test predictions on the CPU.
 
     python benchmarks/bootstrap.py            # prints seconds per interval, median of 5 runs, per metric
-    python benchmarks/bootstrap.py --repeats 1
+    python benchmarks/bootstrap.py --repeats 1 --threads 1   # on a machine shared with other jobs
 
 The predictions are synthetic (10 classes, 99 % correct, the size of the MNIST test split): the time
 depends on the number of samples and classes, not on what the labels are.
@@ -52,7 +52,12 @@ def loop_over_resamples(metric, preds: torch.Tensor, target: torch.Tensor, n_res
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per metric (median, min, max)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's choice); on a busy machine 1 avoids "
+                             "threads waiting on each other")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     target = torch.randint(0, 10, (10_000,), generator=g)
     preds = torch.where(torch.rand(10_000, generator=g) < 0.99, target, (target + 1) % 10)

@@ -6,16 +6,16 @@ true and false positives above each threshold, the per-bin counts of the calibra
 resample's value is the metric's formula with each sample's terms multiplied by its count:
 
 - AUROC / average precision (exact mode): the samples are sorted by each class's score once; per
-  resample, the counts of positives and negatives at or above each distinct score are cumulative sums
-  of the weights in that order (tied scores are one point of the curve, as in `ranking_curve`),
-  integrated by the metrics' formulas (`auroc_from_curve`, `average_precision_from_curve`) written on
-  slices, so that no (B, N) array is copied to pad it.
+  resample, the counts of positives and of all samples at or above each score are cumulative sums of
+  the weights in that order (a run of tied scores is one point of the curve, as in `ranking_curve`),
+  and the metrics' areas (`auroc_from_curve`, `average_precision_from_curve`) are written as sums over
+  samples of those running sums.
 - Calibration error: each sample's bin is fixed; the per-bin counts, hits and confidence sums of a
   resample are one matrix product of its weights with the samples' one-hot bins.
 
-Every resample costs O(N) per class instead of a metric update and a sort, so 1,000 resamples of
-10,000 MNIST test predictions take about a second on a CPU. The values equal the metric computed on
-the resampled samples (tests/test_stats.py checks it against scikit-learn with `sample_weight`).
+Every resample costs O(N) per class instead of a metric update and a sort (`python benchmarks/bootstrap.py`
+times both). The values equal the metric computed on the resampled samples: tests/test_stats.py checks
+them against scikit-learn on each resample, tied scores included, and against the metric's own update.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from harness.metrics import AUROC, AveragePrecision, CalibrationError
 from harness.metrics.functional import (
     calibration_bin_index,
     calibration_error_from_bins,
-    safe_divide,
     to_probabilities,
 )
 
@@ -49,17 +48,18 @@ def weighted_resample_values(metric: Any, preds: Tensor, target: Tensor, indices
         raise ValueError(f"target holds labels outside [0, {c})")
     probs = to_probabilities(preds.detach(), c)  # all samples read as one batch, as the metric reads a batch
     target = target.long()
-    chunk = max(1, CHUNK_ELEMENTS // target.shape[0])
+    n = target.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // n)
+    # Counts and their running sums are integers up to 2N: float32 holds them exactly below 2**24,
+    # at half the memory traffic of float64 (the passes over (B, N) arrays are the cost here).
+    counts_dtype = torch.float32 if ranking and 2 * n < 2**24 else torch.float64
     values = []
     for start in range(0, indices.shape[0], chunk):  # a loop over groups of resamples, never over samples
-        rows = indices[start : start + chunk]
+        weights = _counts(indices[start : start + chunk], counts_dtype)
         if ranking:
-            # Counts and their running sums are integers up to N: below 2**24, float32 holds them
-            # exactly, and its cumulative sums take a quarter of float64's time.
-            exact = torch.float32 if target.shape[0] < 2**24 else torch.float64
-            values.append(_ranking_values(metric, probs, target, _counts(rows, exact)))
+            values.append(_ranking_values(metric, probs, target, weights))
         else:
-            values.append(_calibration_values(metric, probs, target, _counts(rows, torch.float64)))
+            values.append(_calibration_values(metric, probs, target, weights))
     return torch.cat(values)
 
 
@@ -72,12 +72,12 @@ def _counts(rows: Tensor, dtype: torch.dtype) -> Tensor:
 def _ranking_values(metric: AUROC | AveragePrecision, probs: Tensor, target: Tensor, weights: Tensor) -> Tensor:
     area = _auroc if isinstance(metric, AUROC) else _average_precision
     if metric.num_classes == 2:  # the binary figure: class 1 is the positive class
-        return area(*_weighted_curve(probs[:, 1], target == 1, weights))
+        return area(_RunningSums(probs[:, 1], target == 1, weights))
     per_class, positives = [], []
     for c in range(metric.num_classes):  # classes, not samples
-        tp, fp = _weighted_curve(probs[:, c], target == c, weights)
-        per_class.append(area(tp, fp))
-        positives.append(tp[:, -1])
+        sums = _RunningSums(probs[:, c], target == c, weights)
+        per_class.append(area(sums))
+        positives.append(sums.positives)
     values, support = torch.stack(per_class, dim=1), torch.stack(positives, dim=1)  # (B, C)
     defined = ~values.isnan()
     share = defined.double() if metric.average == "macro" else support * defined
@@ -86,42 +86,57 @@ def _ranking_values(metric: AUROC | AveragePrecision, probs: Tensor, target: Ten
     return torch.where(total > 0, mean, float("nan"))
 
 
-def _weighted_curve(scores: Tensor, positive: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Weighted true and false positives, float64 (B, G): one column per distinct score from the
-    highest down, each holding the weights of the samples scoring at least that (`ranking_curve`'s
-    points without its leading (0, 0))."""
-    order = scores.argsort(descending=True, stable=True)
-    ordered = scores[order]
-    w = weights.index_select(1, order)  # columns in score order
-    tp = (w * positive[order].to(w.dtype)).cumsum(dim=1)
-    seen = w.cumsum(dim=1)
-    if bool((ordered[:-1] == ordered[1:]).any()):  # tied scores are one point: keep the last of each run
-        last_of_tie = torch.ones_like(ordered, dtype=torch.bool)
-        last_of_tie[:-1] = ordered[:-1] != ordered[1:]
-        tp, seen = tp[:, last_of_tie], seen[:, last_of_tie]
-    tp = tp.double()
-    return tp, seen.double().sub_(tp)
+class _RunningSums:
+    """One class's scores sorted from the highest down, and per resample and sample (B, N), in that order:
+    `weight` and `positive_weight` (the sample's count, and the count if it is a positive), and the
+    weighted true positives and all samples scoring at least the sample's score (`tp_end`, `seen_end`:
+    at the end of its run of tied scores) and strictly above it (`tp_before`).
+
+    A run of tied scores is one point of the curve, as in `ranking_curve`; without ties (the usual
+    case) the running sums need no gathering."""
+
+    def __init__(self, scores: Tensor, positive: Tensor, weights: Tensor) -> None:
+        order = scores.argsort(descending=True, stable=True)
+        ordered = scores[order]
+        self.weight = weights.index_select(1, order)
+        self.positive_weight = self.weight * positive[order].to(weights.dtype)
+        tp, seen = self.positive_weight.cumsum(dim=1), self.weight.cumsum(dim=1)
+        self.positives = tp[:, -1].double()
+        self.total = seen[:, -1].double()
+        n = ordered.shape[0]
+        starts = torch.ones(n, dtype=torch.bool, device=scores.device)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        if bool(starts.all()):  # no ties
+            self.tp_end, self.seen_end, self.tp_before = tp, seen, tp - self.positive_weight
+            return
+        index = torch.arange(n, device=scores.device)
+        first = torch.where(starts, index, 0).cummax(dim=0).values  # where each sample's run starts
+        ends = torch.ones_like(starts)
+        ends[:-1] = starts[1:]
+        last = torch.where(ends, index, n).flip(0).cummin(dim=0).values.flip(0)  # where it ends
+        self.tp_end, self.seen_end = tp.index_select(1, last), seen.index_select(1, last)
+        before = tp.index_select(1, (first - 1).clamp(min=0))
+        self.tp_before = torch.where(first > 0, before, 0.0)
 
 
-def _auroc(tp: Tensor, fp: Tensor) -> Tensor:
-    """`auroc_from_curve` on curves without the leading (0, 0): the trapezoids
-    sum_k (fp_k - fp_k-1)(tp_k + tp_k-1) / 2 = sum_k fp_k tp_k - sum_k fp_k-1 tp_k - sum_k dfp_k dtp_k / 2,
-    in slices of the columns (no padded copies)."""
-    positives, negatives = tp[:, -1], fp[:, -1]
-    cross = (fp * tp).sum(dim=1) - (fp[:, :-1] * tp[:, 1:]).sum(dim=1)
-    first = fp[:, 0] * tp[:, 0]
-    dfp, dtp = fp[:, 1:] - fp[:, :-1], tp[:, 1:] - tp[:, :-1]
-    area = cross - (first + (dfp * dtp).sum(dim=1)) / 2
-    undefined = (positives == 0) | (negatives == 0)
-    return torch.where(undefined, float("nan"), area / (positives * negatives))
+def _auroc(s: _RunningSums) -> Tensor:
+    """`auroc_from_curve`'s trapezoids, sum over runs of (its negatives) x (TP before it + TP at its end) / 2,
+    written per sample: each negative adds its weight times the mean of the two."""
+    negative_weight = s.weight - s.positive_weight
+    # float32 products stay exact (each count times 2N is far below 2**24 for any resample that occurs);
+    # the sum over N samples is accumulated in float64
+    area = (negative_weight * (s.tp_before + s.tp_end)).sum(dim=1, dtype=torch.float64) / 2
+    negatives = s.total - s.positives
+    undefined = (s.positives == 0) | (negatives == 0)
+    return torch.where(undefined, float("nan"), area / (s.positives * negatives))
 
 
-def _average_precision(tp: Tensor, fp: Tensor) -> Tensor:
-    """`average_precision_from_curve` on curves without the leading (0, 0): sum_k (tp_k - tp_k-1) precision_k / P."""
-    positives = tp[:, -1]
-    precision = safe_divide(tp, tp + fp)
-    summed = (tp * precision).sum(dim=1) - (tp[:, :-1] * precision[:, 1:]).sum(dim=1)
-    return torch.where(positives == 0, float("nan"), summed / positives)
+def _average_precision(s: _RunningSums) -> Tensor:
+    """`average_precision_from_curve`, sum over runs of (its positives) x (precision at its end) / P,
+    written per sample: each positive adds its weight times the precision at the end of its run."""
+    precision = s.tp_end.double() / s.seen_end.double().clamp(min=1)  # seen_end is 0 only where tp_end is
+    summed = (s.positive_weight.double() * precision).sum(dim=1)
+    return torch.where(s.positives == 0, float("nan"), summed / s.positives)
 
 
 def _calibration_values(metric: CalibrationError, probs: Tensor, target: Tensor, weights: Tensor) -> Tensor:
