@@ -83,6 +83,16 @@ def test_the_recipe_trains_by_steps_and_scores_the_whole_validation_split(tmp_pa
     assert sample_main(command) == 0 and capsys.readouterr().out.rstrip("\n") == first  # seeded
     assert sample_main([*command, "--seed", "1"]) == 0 and capsys.readouterr().out.rstrip("\n") != first
 
+    # harness.evaluate scores the checkpoint per token: the run's final test pass, figure for figure.
+    from harness.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(run / "config.yaml"), "--checkpoint", best]) == 0
+    scored = json.loads((run / "eval-best-test.json").read_text())
+    assert scored["num_tokens"] == validation and scored["step"] == summary["best_step"]
+    assert scored["loss"] == pytest.approx(test["loss"], rel=1e-9)
+    assert scored["perplexity"] == pytest.approx(test["ppl"], rel=1e-9)
+    assert scored["bits_per_token"] == pytest.approx(test["bpc"], rel=1e-9)
+
     # Resuming the finished run changes nothing and says so.
     assert train_main([str(run / "config.yaml"), "--resume", str(run / "checkpoints" / "last.pt")]) == 0
     assert "already finished" in capsys.readouterr().out
@@ -109,6 +119,11 @@ def test_bad_text_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert "model must output (batch, 16, 27)" in error("model.args.vocab_size=30")
     assert "'Z' not in the model's vocabulary" in error("logging.sample.prompt=Zebra")
     assert not (tmp_path / "runs").exists()
+    from harness.cv import main as cv_main
+
+    assert cv_main([RECIPE, *TINY, f"data.root={tmp_path / 'data'}", "data.path=words.txt",
+                    f"logging.root={tmp_path / 'runs'}", "--folds", "2"]) == 2
+    assert "text_chars has training and validation windows, not samples" in capsys.readouterr().err
 
 
 def test_a_checkpoint_refuses_text_with_another_vocabulary(tmp_path: Path, capsys) -> None:
@@ -119,8 +134,14 @@ def test_a_checkpoint_refuses_text_with_another_vocabulary(tmp_path: Path, capsy
     (run / "summary.json").unlink()  # as if killed during the final test: the resume builds the data again
     capsys.readouterr()
     assert train_main([str(run / "config.yaml"), "--resume", str(run / "checkpoints" / "last.pt")]) == 2
-    assert "the model was trained with a vocabulary of 27 characters, the data has 27 (characters in one but not " \
-           "the other: 'Zz')" in capsys.readouterr().err
+    mismatch = "the model was trained with a vocabulary of 27 characters, the data has 27 (characters in one but " \
+               "not the other: 'Zz')"
+    assert mismatch in capsys.readouterr().err
+    from harness.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(run / "config.yaml"), "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and mismatch in err[0]
 
 
 def test_the_shipped_recipe_runs_on_the_real_text(tmp_path: Path) -> None:

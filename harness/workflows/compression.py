@@ -42,6 +42,7 @@ from torch.nn.utils import prune
 from harness.core.checkpoint import atomic_save
 from harness.core.device import resolve_device
 from harness.core.speed import measure_inference
+from harness.data.text_chars import TEXT_CHARS
 from harness.errors import HarnessError
 from harness.metrics.report import classification_summary
 from harness.recipe.build import build_evaluator
@@ -112,6 +113,9 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
     and batch size. Returns {"checkpoint", "device", "num_test_samples", "batch_sizes", "rows": [...]},
     one row per variant; written to compress.json / compress.md with `write`.
     """
+    if recipe.data.name == TEXT_CHARS:  # its table is accuracy and macro F1 per class: a classifier's
+        raise HarnessError(f"data.name={TEXT_CHARS}: harness.compress scores classifiers (accuracy, macro F1); "
+                           "a language model's compressed variants are not scored yet")
     sparsities = sorted(set(sparsities))
     if any(not 0 < s < 1 for s in sparsities):
         raise HarnessError(f"--sparsities {','.join(map(str, sparsities))}: each must be between 0 and 1 (exclusive)")

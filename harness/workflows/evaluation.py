@@ -31,7 +31,11 @@ last, or test and val, keeps every result (`harness.workflows.evaluation_files` 
 
 `evaluate(recipe, checkpoint)` returns that data. Module layout: this file runs the pass and gathers
 the figures; `evaluation_analysis` derives what the per-sample predictions say; `evaluation_files`
-writes; `evaluation_report` lays out the printed report.
+writes; `evaluation_report` lays out the printed report; `evaluation_text` reports a language model.
+
+A language model (`data.name: text_chars`) is scored per token instead: the loss, perplexity, bits per
+character and token accuracy over every character of the split (text_chars has one held-out split, the
+validation text: `--split test` and `--split val` score the same characters), in `eval-<checkpoint>-<split>.json`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any
 
 from harness.core.predictions import PredictionRecorder, Predictions
 from harness.core.speed import measure_inference
+from harness.data.text_chars import TEXT_CHARS
 from harness.metrics import AUROC, AveragePrecision, CalibrationError
 from harness.metrics.report import classification_summary, most_confused_pairs
 from harness.recipe.parts import build_evaluation, setup
@@ -56,6 +61,7 @@ from harness.stats import (
 from harness.workflows.evaluation_analysis import calibration, ranking
 from harness.workflows.evaluation_files import write_outputs
 from harness.workflows.evaluation_report import format_evaluation
+from harness.workflows.evaluation_text import token_metrics, token_report
 
 TOP_K = 5  # top-k accuracy is reported when there are more than this many classes
 CONFIDENCE = 0.95  # of every interval reported
@@ -87,6 +93,12 @@ def evaluate(recipe: Recipe | str | Path, checkpoint: str | Path, split: str = "
     # Under torchrun each rank scores its shard (no padding) and the counts are summed: exact.
     env = setup(recipe)
     write, verbose, speed = write and env.dist.is_main, verbose and env.dist.is_main, speed and env.dist.is_main
+    if recipe.data.name == TEXT_CHARS:  # a language model: per token, no per-sample analysis
+        parts = build_evaluation(recipe, env, checkpoint, split, token_metrics)
+        started = time.perf_counter()
+        scores = parts.evaluator.validate(parts.loader, prefix=split)
+        return token_report(parts, scores, checkpoint, split, str(env.device), time.perf_counter() - started,
+                            write, verbose)
     parts = build_evaluation(recipe, env, checkpoint, split, report_metrics, trainer_class=PredictionRecorder)
     started = time.perf_counter()
     scores = parts.evaluator.validate(parts.loader, prefix=split)
