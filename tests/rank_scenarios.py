@@ -66,7 +66,12 @@ def runs(out: Path, data_root: Path) -> dict:
     dist.barrier()  # rank 0's last.pt is written before any rank reads it
     resumed = Run(recipe("trainer.epochs=2", path=out / "runs" / "split" / "config.yaml"),
                   resume=out / "runs" / "split" / "checkpoints" / "last.pt", verbose=False).execute()
-    return {"straight_final": straight["final"], "resumed_epochs": resumed["epochs_run"]}
+    # A resume of the finished run: every rank sees it is finished (only rank 0 has the run folder) and
+    # returns its summary, instead of rank 1 building and training alone until a collective times out.
+    again = Run(recipe("trainer.epochs=2", path=out / "runs" / "split" / "config.yaml"),
+                resume=out / "runs" / "split" / "checkpoints" / "last.pt", verbose=False).execute()
+    return {"straight_final": straight["final"], "resumed_epochs": resumed["epochs_run"],
+            "finished_again": again}
 
 
 def rank_streams(data_root: Path) -> list[list[float]]:

@@ -206,6 +206,9 @@ def test_a_resume_under_torchrun_is_bit_identical_with_dropout(two_ranks: dict) 
     """2 epochs straight vs 1 epoch + resume + 1 epoch, dropout 0.5: rank 1 resumes its own RNG stream."""
     runs = two_ranks["out"] / "runs"
     assert two_ranks["ranks"][0]["runs"]["resumed_epochs"] == 2
+    # Resuming the finished run again: both ranks return the run's summary (rank 1 does not train alone).
+    again = [r["runs"]["finished_again"] for r in two_ranks["ranks"]]
+    assert again[0] == again[1] and again[0]["epochs_run"] == 2 and again[0]["final"]["val/cm"]
     straight = read_checkpoint(runs / "straight" / "checkpoints" / "last.pt")
     resumed = read_checkpoint(runs / "split" / "checkpoints" / "last.pt")
     assert len(straight["rng_per_rank"]) == 2

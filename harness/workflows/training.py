@@ -105,6 +105,8 @@ class Run:
             shared = broadcast_object(str(self.run_dir) if self.run_dir is not None else None)
             shared = Path(shared) if shared is not None else None
         finished = self._finished_summary(resumed)
+        if env.dist.world_size > 1:  # rank 0 alone reads the run folder: every rank follows its decision
+            finished = broadcast_object(finished)
         if finished is not None:
             return finished
         try:
