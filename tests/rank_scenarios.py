@@ -22,6 +22,7 @@ from torch import nn  # noqa: E402
 
 from harness.core.device import unwrap_model  # noqa: E402
 from harness.core.distributed import exit_without_finalizing, init_distributed  # noqa: E402
+from harness.core.predictions import PredictionRecorder  # noqa: E402
 from harness.core.trainer import NonFiniteLossError, Trainer  # noqa: E402
 from harness.data import TensorLoader  # noqa: E402
 from harness.recipe.parts import build_training, setup  # noqa: E402
@@ -139,6 +140,19 @@ def accumulation(rank: int) -> dict:
     return result
 
 
+def scoring_with_an_idle_rank(rank: int) -> dict:
+    """A test split of one image scored by 2 ranks (rank 1 gets no batch): the kept predictions and the
+    most confident mistakes are gathered all the same, with rank 0's sample in them."""
+    torch.manual_seed(0)
+    scorer = PredictionRecorder(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), None, nn.CrossEntropyLoss(),
+                                device="cpu", progress=False, loggers=[])
+    batches = [(torch.rand(1, 1, 4, 4), torch.tensor([2]))] if rank == 0 else []
+    scores = scorer.validate(batches, prefix="test")
+    kept = scorer.predictions()
+    return {"loss": scores["test/loss"], "index": kept.index.tolist(), "probs": kept.probs,
+            "input_shape": list(kept.input_shape), "mistakes": kept.mistakes.index.tolist()}
+
+
 def compiled_validation(rank: int) -> dict:
     """trainer.compile under DDP: validation runs a compiled bare module too (Dynamo's eager backend here:
     the check is that validation goes through Dynamo, not what Inductor makes of it)."""
@@ -168,7 +182,8 @@ def main() -> None:
     record_collective_devices()
     result = {"rank": info.rank, "runs": runs(out, data_root), "rank_streams": rank_streams(data_root),
               "nan_skips": nan_skips(info.rank), "accumulation": accumulation(info.rank),
-              "compiled_validation": compiled_validation(info.rank)}
+              "compiled_validation": compiled_validation(info.rank),
+              "scoring_with_an_idle_rank": scoring_with_an_idle_rank(info.rank)}
     result["collective_devices"] = sorted(set(seen_devices))
     torch.save(result, out / f"rank{info.rank}.pt")
     dist.barrier()

@@ -263,6 +263,20 @@ def test_validation_under_ddp_is_compiled(two_ranks: dict) -> None:
         assert compiled["graphs_compiled_by_validation"] >= 1
 
 
+def test_scoring_fewer_samples_than_ranks_gathers_the_kept_predictions(two_ranks: dict) -> None:
+    """One test image, two ranks: rank 1 scores nothing, yet both ranks get rank 0's row (no hang, no
+    0-column gather) and the image among the mistakes, whose probabilities one process also gives."""
+    idle = [r["scoring_with_an_idle_rank"] for r in two_ranks["ranks"]]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    probs = torch.softmax(model(torch.rand(1, 1, 4, 4)).double(), dim=1)
+    for kept in idle:
+        assert kept["index"] == [0] and kept["input_shape"] == [1, 4, 4]
+        assert torch.allclose(kept["probs"], probs, rtol=1e-6)
+        assert kept["mistakes"] == ([0] if probs.argmax() != 2 else [])
+    assert idle[0]["loss"] == idle[1]["loss"]
+
+
 def test_cuda_with_an_index_under_torchrun_is_one_line_before_anything_starts(monkeypatch) -> None:
     """Every rank would take GPU N (NCCL: "Duplicate GPU detected"); torchrun's LOCAL_RANK picks the GPU."""
     from harness.core.distributed import process_group_is_up

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness.core.distributed import current
+from harness.core.distributed import all_gather_states, current
 from harness.core.trainer import Trainer
 from harness.metrics.base import gather_rows
 from harness.metrics.functional import to_probabilities
@@ -97,24 +97,33 @@ class PredictionRecorder(Trainer):
     def predictions(self) -> Predictions:
         """The last validation pass, sample by sample, in split order. A collective under
         torch.distributed: every rank must call it (each gets every rank's rows)."""
-        num_classes = self._probs[0].shape[1] if self._probs else 0
+        num_classes, input_shape = self._shapes()
         probs = gather_rows(torch.cat(self._probs) if self._probs
                             else torch.zeros(0, num_classes, dtype=torch.float64, device=self.device))
         pairs = gather_rows(torch.cat(self._pairs) if self._pairs
                             else torch.zeros(0, 2, dtype=torch.int64, device=self.device))
         order = pairs[:, 0].argsort()  # rank order -> split order
         mistakes = None
-        if len(self._input_shape) == 3 and self.keep_mistakes > 0:  # images
+        if len(input_shape) == 3 and self.keep_mistakes > 0:  # images
             mistakes = self._mistakes
             if mistakes is None:  # this rank scored no batch
-                mistakes = _no_mistakes(self._input_shape, self.device)
+                mistakes = _no_mistakes(input_shape, self.device)
             if current().world_size > 1:
                 gathered = ConfidentMistakes(*(gather_rows(getattr(mistakes, f.name)) for f in fields(mistakes)))
                 mistakes = _top_k(gathered, self.keep_mistakes)
             # note: a host sync, once per pass. Slots that correct predictions filled while fewer than k
             # mistakes had been seen score -1: dropped here.
             mistakes = mistakes.select(mistakes.confidence >= 0)
-        return Predictions(pairs[order, 0], pairs[order, 1], probs[order], self._input_shape, mistakes)
+        return Predictions(pairs[order, 0], pairs[order, 1], probs[order], input_shape, mistakes)
+
+    def _shapes(self) -> tuple[int, tuple[int, ...]]:
+        """(classes, one sample's input shape) of the pass. Under torch.distributed a rank that scored no
+        batch (fewer samples than ranks) knows neither: it takes those of a rank that did, so that every
+        rank joins the same gathers with rows of one width (a collective, once per pass)."""
+        mine = (self._probs[0].shape[1], self._input_shape) if self._probs else None
+        if current().world_size == 1:
+            return mine or (0, ())
+        return next((shapes for shapes in all_gather_states(mine) if shapes is not None), (0, ()))
 
 
 def _most_confident_mistakes(inputs: Tensor, probs: Tensor, target: Tensor, index: Tensor,
