@@ -15,7 +15,7 @@ from torch import nn
 from harness.core import faults, sharded_checkpoint
 from harness.core.activation_checkpointing import checkpoint_activations, is_checkpointed
 from harness.core.fsdp import block_modules, lockstep
-from harness.core.memory import state_bytes
+from harness.core.memory import format_bytes, format_report, per_rank_report, state_bytes
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.train import main
@@ -95,6 +95,14 @@ def test_byte_accounting_of_a_whole_model() -> None:
     # AdamW: two moments the size of the weights, and one float32 step count per parameter tensor
     steps = 4 * len(list(model.parameters()))
     assert after["optimizer_state"] == {"rank": 2 * weights + steps, "unsharded": 2 * weights + steps}
+    # The start-up line: one process holds the whole state (no "per rank" of a model nothing shards);
+    # two ranks of half the parameters each say so against the whole.
+    one = format_report(per_rank_report([after]))
+    assert one == f"parameters {format_bytes(weights)}, gradients {format_bytes(weights)}, " \
+                  f"optimizer state {format_bytes(2 * weights + steps)}"
+    halves = [{kind: {"rank": v["unsharded"] // 2, "unsharded": v["unsharded"]} for kind, v in after.items()}] * 2
+    assert format_report(per_rank_report(halves)).startswith(
+        f"parameters {format_bytes(weights // 2)} per rank of {format_bytes(weights)} unsharded, ")
 
 
 def test_lockstep_in_one_process_counts_every_batch_once() -> None:

@@ -77,10 +77,13 @@ def per_rank_report(measured: list[dict[str, dict[str, int]]]) -> dict[str, Any]
 
 def format_report(report: dict[str, Any]) -> str:
     """`parameters 1.05 MB per rank of 2.10 MB unsharded, gradients ..., optimizer_state ...` (rank 0's
-    figure; the range over ranks when shards differ in size)."""
+    figure; the range over ranks when shards differ in size); in one process `parameters 2.10 MB, ...`."""
     parts = []
     for kind in KINDS:
         per_rank, whole = report[kind]["per_rank"], report[kind]["unsharded"]
+        if len(per_rank) == 1:  # one process: nothing is sharded, the whole state is in it
+            parts.append(f"{kind.replace('_', ' ')} {format_bytes(whole)}")
+            continue
         low, high = min(per_rank), max(per_rank)
         held = format_bytes(low) if low == high else f"{format_bytes(low)}-{format_bytes(high)}"
         parts.append(f"{kind.replace('_', ' ')} {held} per rank of {format_bytes(whole)} unsharded")
