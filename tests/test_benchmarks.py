@@ -4,6 +4,7 @@ its measured figures (no timing is compared: only that each figure is there and 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -60,3 +61,29 @@ def test_gpt_overhead_script_quick_run(capsys) -> None:
     assert abs(float(rows["harness"][5]) - float(rows["raw"][5])) < 1e-3
     assert abs(float(rows["harness"][6]) - float(rows["raw"][6])) < 1e-3
     assert "harness / raw, paired median over 2 rounds of 3 steps" in out
+
+
+def test_loss_estimate_spread_script(tmp_path: Path, capsys) -> None:
+    """A tiny GPT trained by the recipe: the script's whole-split loss is the run's test loss, and its
+    estimates from random windows scatter around it."""
+    from test_shakespeare_char import run_folder, text_file, train
+
+    from benchmarks import loss_estimate_spread
+
+    text_file(tmp_path)
+    assert train(tmp_path) == 0
+    run = run_folder(tmp_path)
+    tested = json.loads((run / "summary.json").read_text())["test"]["loss"]
+    capsys.readouterr()
+    assert loss_estimate_spread.main([str(run / "config.yaml"), "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                                      "--batches", "4", "--repeats", "30", "--at", "10",
+                                      "--data-root", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    whole = float(out.split("whole validation split: loss ")[1].split()[0])
+    assert abs(whole - tested) < 1e-4
+    line = next(line for line in out.splitlines() if line.startswith("  mean "))
+    pairs = re.findall(r"(mean|std|2\.5 %|median|97\.5 %|min|max) ([\d.]+)", line)
+    stats = {name: float(value) for name, value in pairs}
+    assert stats["std"] > 0 and stats["min"] <= stats["2.5 %"] <= stats["median"] <= stats["97.5 %"] <= stats["max"]
+    assert abs(stats["mean"] - whole) < 0.2  # estimates of the same loss
+    assert "at or below 10.0: 100.0%" in out  # every estimate of this 3.2-nat model
