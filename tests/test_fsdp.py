@@ -20,6 +20,7 @@ from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.train import main
 from models import MLP, ResidualMLP
+from models.gpt import GPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RECIPE = str(REPO / "recipes" / "mnist_mlp.yaml")
@@ -77,6 +78,30 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less() -> N
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         assert torch.equal(a.grad, b.grad), name
     kept_plain, kept_checkpointed = saved_bytes(plain, x), saved_bytes(checkpointed, x)
+    assert kept_checkpointed < 0.5 * kept_plain, (kept_checkpointed, kept_plain)
+
+
+def test_activation_checkpointing_of_the_gpt_gives_the_same_gradients() -> None:
+    """The GPT's blocks recomputed: attention dropout (inside SDPA), residual dropout and the tied
+    embedding's gradient (summed from the input side and the output head) all come out the same."""
+    def gpt() -> GPT:
+        torch.manual_seed(0)
+        return GPT(vocab_size=20, block_size=24, n_layer=3, n_head=2, n_embd=32, dropout=0.2)
+
+    x = torch.randint(0, 20, (6, 24), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+    plain, checkpointed = gpt(), gpt()
+    assert checkpoint_activations(block_modules(checkpointed, None)) == 3  # the `blocks` list, as `true` picks
+    grads = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(5)  # the same dropout masks, drawn again identically by the recomputation
+        nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 3 + 3 * 6  # wte, wpe, ln_f; 6 per block
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name
+    x_long = x.repeat(4, 1)
+    kept_plain, kept_checkpointed = saved_bytes(plain, x_long), saved_bytes(checkpointed, x_long)
     assert kept_checkpointed < 0.5 * kept_plain, (kept_checkpointed, kept_plain)
 
 

@@ -123,6 +123,18 @@ def test_ranks_take_their_own_row_of_one_shared_draw() -> None:
         assert not torch.equal(x0, x1)
 
 
+def test_the_global_batch_is_the_same_at_any_world_size() -> None:
+    """1 process x 12 windows, 2 ranks x 6, 3 ranks x 4: the ranks' batches, stacked in rank order, are the
+    one process's batch, step after step (what lets a torchrun run equal a single-process one)."""
+    ids = torch.arange(3000)
+    one = RandomWindows(ids, 16, 12, seed=2)
+    for world in (2, 3):
+        ranks = [RandomWindows(ids, 16, 12 // world, seed=2, rank=r, world_size=world) for r in range(world)]
+        for step, (whole, *parts) in enumerate(islice(zip(one, *ranks, strict=True), 2 * RandomWindows.CHUNK + 3)):
+            assert torch.equal(whole[0], torch.cat([x for x, _ in parts])), (world, step)
+            assert torch.equal(whole[1], torch.cat([y for _, y in parts])), (world, step)
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_validation_windows_predict_every_character_once(world_size: int) -> None:
     ids = torch.randint(0, 50, (103,), generator=torch.Generator().manual_seed(0))  # 102 predictions: 12 windows of 9
