@@ -119,6 +119,11 @@ def test_bad_text_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert "model must output (batch, 16, 27)" in error("model.args.vocab_size=30")
     assert "'Z' not in the model's vocabulary" in error("logging.sample.prompt=Zebra")
     assert not (tmp_path / "runs").exists()
+    # refused before any data is read: the MNIST files are not even there
+    assert train_main(["recipes/mnist_mlp.yaml", "logging.sample={prompt: 'a'}", f"data.root={tmp_path / 'none'}",
+                       f"logging.root={tmp_path / 'runs'}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: logging.sample generates text: data.name=mnist is not text (text_chars)"]
     from harness.cv import main as cv_main
 
     assert cv_main([RECIPE, *TINY, f"data.root={tmp_path / 'data'}", "data.path=words.txt",

@@ -9,6 +9,7 @@ import torch
 
 from harness.core.callbacks import Callback
 from harness.core.device import unwrap_model
+from harness.core.fsdp import is_sharded
 from harness.core.loggers import TensorBoardLogger
 
 if TYPE_CHECKING:  # annotations only: the Trainer imports the callbacks module
@@ -23,7 +24,9 @@ class TextSamples(Callback):
 
     The draws come from a generator of their own, seeded with `seed` at every sample: two samples
     differ only because the weights did, and the training RNG is untouched (an exact resume still
-    is). Runs on the bare model in eval mode, only where TensorBoard is written (rank 0)."""
+    is). Runs on the bare model in eval mode, where TensorBoard is written (rank 0). A sharded model
+    (FSDP) is a collective: each of its forwards gathers the parameters from every rank, so there every
+    rank generates (the same text: the same gathered weights, prompt and seed) and rank 0 writes it."""
 
     def __init__(self, prompt: torch.Tensor, decode: Callable[[torch.Tensor], str], tokens: int = 200,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> None:
@@ -33,9 +36,9 @@ class TextSamples(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         writers = [logger for logger in trainer.loggers or () if isinstance(logger, TensorBoardLogger)]
-        if not writers:
-            return
         model = unwrap_model(trainer.eval_model)
+        if not writers and not is_sharded(model):
+            return
         was_training = model.training
         model.eval()
         generator = torch.Generator(device=trainer.device).manual_seed(self.seed)

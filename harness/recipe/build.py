@@ -271,9 +271,6 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     for note in (monitor_note(recipe, validates), strategy_note(recipe, world_size)):
         if note is not None and is_main_process():
             print(note, file=sys.stderr, flush=True)
-    if recipe.logging.sample is not None and t.strategy == "fsdp" and world_size > 1:
-        raise HarnessError("logging.sample with trainer.strategy=fsdp under torchrun: rank 0 alone generates the "
-                           "samples, and a sharded model's forward needs every rank; set logging.sample=null")
     if t.sync_batchnorm and is_distributed() and device.type != "cuda":
         raise HarnessError(f"trainer.sync_batchnorm=true needs CUDA ranks (device is {device.type}): torch's "
                            "SyncBatchNorm does not train on the CPU; leave it false (validation uses rank 0's "
@@ -312,7 +309,9 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
             extra["vocabulary"] = data.vocabulary
         callbacks.append(ModelCheckpoint(folder / "checkpoints", monitor, mode, extra=extra, resume_hint=resume_hint,
                                          sharded=t.strategy == "fsdp"))
-    if recipe.logging.sample is not None and run_dir is not None and recipe.logging.tensorboard:
+    # Rank 0 writes the sample; under FSDP every rank generates it with rank 0 (`folder` is then rank 0's run
+    # folder on every rank), since each forward of a sharded model gathers its parameters from all ranks.
+    if recipe.logging.sample is not None and folder is not None and recipe.logging.tensorboard:
         callbacks.append(text_samples(recipe, model, data))
     callbacks.extend(extra_callbacks)
     return trainer_class(
@@ -328,16 +327,25 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     )
 
 
-def text_samples(recipe: Recipe, model: nn.Module, data: Data) -> TextSamples:
-    """The `logging.sample` callback: a text model (its `generate`) on text data (its vocabulary)."""
-    cfg = recipe.logging.sample
-    assert cfg is not None
-    if data.vocabulary is None:
+def check_sample(recipe: Recipe, model: nn.Module) -> None:
+    """`logging.sample` needs text data and a model that generates: refused once the model is built, before
+    any data is read (the prompt's characters are checked against the vocabulary, once the text is read)."""
+    if recipe.logging.sample is None:
+        return
+    if recipe.data.name != TEXT_CHARS:
         raise HarnessError(f"logging.sample generates text: data.name={recipe.data.name} is not text ({TEXT_CHARS})")
     if not callable(getattr(model, "generate", None)):
         raise HarnessError(f"logging.sample: model.name={recipe.model.name} has no generate(idx, max_new_tokens, "
                            "temperature, top_k, generator) method to sample with (models.gpt.GPT has one)")
+
+
+def text_samples(recipe: Recipe, model: nn.Module, data: Data) -> TextSamples:
+    """The `logging.sample` callback: a text model (its `generate`) on text data (its vocabulary)."""
+    cfg = recipe.logging.sample
+    assert cfg is not None
+    check_sample(recipe, model)
     vocabulary = data.vocabulary
+    assert vocabulary is not None  # text_chars: see check_sample
     try:
         prompt = encode(cfg.prompt, vocabulary)
     except HarnessError as e:

@@ -29,6 +29,7 @@ from harness.recipe.build import (
     build_trainer,
     check_model_fits_data,
     check_monitors,
+    check_sample,
     check_step_settings,
 )
 from harness.recipe.classes import check_classes
@@ -104,6 +105,7 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
         torch._dynamo.reset()
     model = build_model(recipe.model)
     strategy_blocks(recipe, model)  # class names the model does not have: before the data too
+    check_sample(recipe, model)  # logging.sample without text data or a model that generates: likewise
     initialised = None if resuming else init_model(model, recipe.model)
     data = build_data(recipe.data, env.device, t.seed, overfit_batches=t.overfit_batches,
                       channels_last=t.channels_last, rank=env.dist.rank, world_size=env.dist.world_size,
