@@ -87,3 +87,21 @@ def test_loss_estimate_spread_script(tmp_path: Path, capsys) -> None:
     assert stats["std"] > 0 and stats["min"] <= stats["2.5 %"] <= stats["median"] <= stats["97.5 %"] <= stats["max"]
     assert abs(stats["mean"] - whole) < 0.2  # estimates of the same loss
     assert "at or below 10.0: 100.0%" in out  # every estimate of this 3.2-nat model
+
+
+def test_activation_checkpointing_script_measures_both_variants(capsys) -> None:
+    """A GPT small enough for a test, each variant in its own process: checkpointing keeps less for the backward
+    and holds less at its peak (the figures are measured, not timed against anything)."""
+    from benchmarks import activation_checkpointing
+
+    assert activation_checkpointing.main(["--batch", "8", "--block-size", "64", "--n-layer", "3", "--n-embd", "64",
+                                          "--n-head", "2", "--steps", "1", "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    # | variant | kept for backward [MB] | step peak [MB] | peak resident set growth [MB] | step [ms] |
+    rows = {cells[0]: [float(c) for c in cells[1:]] for line in out.splitlines()
+            if line.startswith(("| plain", "| checkpointed"))
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert set(rows) == {"plain", "checkpointed"}, out
+    (plain_kept, plain_peak, _, plain_ms), (kept, peak, _, ms) = rows["plain"], rows["checkpointed"]
+    assert 0 < kept < 0.5 * plain_kept and 0 < peak < plain_peak and plain_ms > 0 and ms > 0
+    assert "GPT 3 blocks, 64 wide, 2 heads" in out and "checkpointed / plain: kept 0." in out
