@@ -167,6 +167,22 @@ def need_real_data() -> Path:
 # Marks a test that trains or reads the real MNIST: skipped without it, failed on CI (need_real_data).
 requires_mnist = pytest.mark.requires_mnist
 
+MR_FILES = ("rt-polaritydata/rt-polarity.neg", "rt-polaritydata/rt-polarity.pos")
+MISSING_MR = "real MR (rt-polaritydata) not found ($HARNESS_DATA_DIR, ../shared/data)"
+
+
+def need_real_mr() -> Path:
+    """The data root holding Pang & Lee's MR files, or skip the test; on CI with ../shared/data present, fail
+    it (as need_real_data does for MNIST)."""
+    import os
+
+    for candidate in (os.environ.get("HARNESS_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and all((Path(candidate) / f).is_file() for f in MR_FILES):
+            return Path(candidate)
+    if os.environ.get("CI") and (REPO.parent / "shared" / "data").is_dir():
+        pytest.fail(f"{MISSING_MR}, and CI is set with ../shared/data present", pytrace=False)
+    pytest.skip(MISSING_MR)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_mnist: needs the real MNIST (skips, or fails on CI, without it)")
@@ -213,3 +229,42 @@ def hparams_row(run_dir: Path) -> tuple[dict[str, object], list[str], set[str]]:
     hparams = {name: getattr(value, value.WhichOneof("kind")) for name, value in info.hparams.items()}
     metrics = [m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos]
     return hparams, metrics, set(events.Tags()["scalars"])
+
+
+# Latin-1 words that trip text handling: é and ï (not valid UTF-8 as single bytes), 0x85 (U+0085 NEXT
+# LINE: str.splitlines() breaks a line there) and 0xa0 (no-break space: str.split() breaks a word there).
+LATIN1_WORDS = ["café", "naïve", "wait\x85", "non\xa0stop", "déjà"]
+
+
+def fake_mr_sentences(n_per_class: int = 60, seed: int = 0) -> dict[str, list[list[str]]]:
+    """Sentences of two classes: positive ones hold a positive cue word, negative ones a negative one, both
+    hold fillers (Latin-1 words among them) and a word of their own (`w<class><i>`, seen nowhere else).
+    Lengths 1 to 12 words: some shorter than every filter of a text CNN."""
+    import random
+
+    rng = random.Random(seed)
+    fillers = ["the", "a", "film", "movie", "is", "and", "it", "story", ",", ".", *LATIN1_WORDS]
+    cues = {"neg": ["bad", "dull", "awful"], "pos": ["good", "fine", "great"]}
+    out: dict[str, list[list[str]]] = {}
+    for label, words in cues.items():
+        sentences = []
+        for i in range(n_per_class):
+            length = 1 + i % 12
+            sentence = [rng.choice(fillers) for _ in range(length)]
+            sentence[rng.randrange(length)] = rng.choice(words)
+            if length > 1:
+                sentence[rng.randrange(length)] = f"w{label}{i}"
+            sentences.append(sentence)
+        out[label] = sentences
+    return out
+
+
+def write_fake_mr(root: Path, n_per_class: int = 60, seed: int = 0) -> dict[str, list[list[str]]]:
+    """`root/rt-polaritydata/rt-polarity.{neg,pos}` as MR lays them out: one sentence a line, words joined by
+    spaces, Latin-1 bytes, a final newline. Returns the sentences written, per class."""
+    sentences = fake_mr_sentences(n_per_class, seed)
+    folder = root / "rt-polaritydata"
+    folder.mkdir(parents=True, exist_ok=True)
+    for label, lines in sentences.items():
+        (folder / f"rt-polarity.{label}").write_bytes("".join(" ".join(s) + "\n" for s in lines).encode("latin-1"))
+    return sentences

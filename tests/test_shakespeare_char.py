@@ -116,7 +116,8 @@ def test_bad_text_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
         "data.block_size=600", "model.args.block_size=600")
     assert "set trainer.max_steps" in error("trainer.max_steps=null", "trainer.val_every_n_steps=null")
     assert "data.val_size does not apply to text_chars" in error("data.val_size=100")
-    assert "model must output (batch, 16, 27)" in error("model.args.vocab_size=30")
+    assert "model.args.vocab_size=30: the embedding is sized from the data's vocabulary, 27 tokens" in error(
+        "model.args.vocab_size=30")
     assert "'Z' not in the model's vocabulary" in error("logging.sample.prompt=Zebra")
     assert not (tmp_path / "runs").exists()
     # refused before any data is read: the MNIST files are not even there

@@ -12,6 +12,8 @@
 - `load_image_folder`: a user's class-per-folder images as map-style datasets (DataLoader path).
 - `load_text_chars`: a text file as character ids (`CharText`), batched as `RandomWindows` (training)
   and `SequentialWindows` (validation), on the device.
+- `load_text_lines`: sentences, one file per class and one per line (`TextLines`), a `Vocabulary` built
+  from a training split only, and `TextLoader`, batches of token ids padded to each batch's longest.
 
 Nothing here imports torchvision (or scikit-learn) until a dataset is actually loaded.
 """
@@ -59,10 +61,19 @@ from harness.data.text_chars import (
     load_text_chars,
     resolve_text_path,
 )
+from harness.data.text_lines import (
+    PAD_INDEX,
+    TextLines,
+    TextLoader,
+    Vocabulary,
+    build_vocabulary,
+    load_text_lines,
+)
 
 __all__ = [
     "BUNDLED",
     "DATASETS",
+    "PAD_INDEX",
     "TENSOR_SPLITS",
     "AugmentParams",
     "BatchAugment",
@@ -78,8 +89,12 @@ __all__ = [
     "RandomWindows",
     "SequentialWindows",
     "TensorLoader",
+    "TextLines",
+    "TextLoader",
     "Uint8Normalize",
+    "Vocabulary",
     "augment_transforms",
+    "build_vocabulary",
     "dataset_spec",
     "dataset_targets",
     "default_num_workers",
@@ -90,6 +105,7 @@ __all__ = [
     "load_dataset",
     "load_image_folder",
     "load_text_chars",
+    "load_text_lines",
     "make_dataloader",
     "random_subset",
     "resolve_data_root",

@@ -49,10 +49,11 @@ BUNDLED: dict[str, BundledSpec] = {
 }
 
 
-def fixed_test_split(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(train_idx, test_idx)`, sorted int64: the fixed stratified 20 % test split of `targets`."""
-    folds = stratified_folds(targets, TEST_SPLIT_FOLDS, seed=TEST_SPLIT_SEED)
-    return torch.cat(folds[1:]).sort().values, folds[0]
+def fixed_test_split(targets: torch.Tensor, folds: int = TEST_SPLIT_FOLDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(train_idx, test_idx)`, sorted int64: the fixed stratified test split of `targets`, 1 of `folds`
+    stratified folds (20 % by default) drawn with the constant `TEST_SPLIT_SEED`."""
+    held_out = stratified_folds(targets, folds, seed=TEST_SPLIT_SEED)
+    return torch.cat(held_out[1:]).sort().values, held_out[0]
 
 
 def load_bundled(name: str) -> tuple[FeatureTensors | ImageTensors, FeatureTensors | ImageTensors]:

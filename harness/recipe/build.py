@@ -6,9 +6,10 @@ thing everywhere. Errors are `HarnessError` lines naming the recipe key.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,24 +34,56 @@ from harness.recipe.strategy import prepare_model, strategy_note
 from models import MODELS
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """`model.name` from `models.MODELS`, or `package.module:Class`, called with `model.args`."""
+def model_class(cfg: ModelConfig) -> Any:
+    """The class `model.name` names: from `models.MODELS`, or `package.module:Class`."""
     if ":" in cfg.name:
-        cls = import_object(cfg.name, f"model.name {cfg.name!r}")
-    else:
-        if cfg.name not in MODELS:
-            raise HarnessError(
-                f"model.name {cfg.name!r}: unknown model; choose one of {', '.join(MODELS)} "
-                "or give an import path package.module:Class"
-            )
-        cls = MODELS[cfg.name]
+        return import_object(cfg.name, f"model.name {cfg.name!r}")
+    if cfg.name not in MODELS:
+        raise HarnessError(
+            f"model.name {cfg.name!r}: unknown model; choose one of {', '.join(MODELS)} "
+            "or give an import path package.module:Class"
+        )
+    return MODELS[cfg.name]
+
+
+def build_model(cfg: ModelConfig, vocab_size: int | None = None) -> nn.Module:
+    """`model.name` from `models.MODELS`, or `package.module:Class`, called with `model.args`.
+
+    `vocab_size`: the size of the data's vocabulary when the data is token ids (`Data.vocabulary`:
+    text_chars' characters, text_lines' words, which depend on the training sentences and so on the split
+    and the fold). It is given to the class's `vocab_size` keyword, sizing the embedding to the data;
+    `model.args.vocab_size` may then only repeat it."""
+    cls = model_class(cfg)
+    args = dict(cfg.args)
+    vocab_parameter = _parameters(cls).get("vocab_size")
+    takes_vocabulary = vocab_parameter is not None
+    if vocab_size is not None:
+        if not takes_vocabulary:
+            raise HarnessError(f"model.name={cfg.name} takes no vocab_size, but the data gives token ids of a "
+                               f"{vocab_size}-token vocabulary: choose a model that embeds them (gpt, text_cnn, "
+                               "text_transformer) or one whose __init__ takes vocab_size")
+        if args.get("vocab_size", vocab_size) != vocab_size:
+            raise HarnessError(f"model.args.vocab_size={args['vocab_size']}: the embedding is sized from the "
+                               f"data's vocabulary, {vocab_size} tokens (text_lines: the training sentences' words, "
+                               f"<pad> and <unk> included); remove model.args.vocab_size or set it to {vocab_size}")
+        args["vocab_size"] = vocab_size
+    elif takes_vocabulary and "vocab_size" not in args and vocab_parameter.default is inspect.Parameter.empty:
+        raise HarnessError(f"model.name={cfg.name} embeds token ids and needs a vocabulary size: use it with text "
+                           "data (text_lines, text_chars: their vocabulary sizes it), or set model.args.vocab_size")
     try:
-        model = cls(**cfg.args)
+        model = cls(**args)
     except TypeError as e:
         raise HarnessError(f"model.args for {cfg.name}: {e}") from None
     if not isinstance(model, nn.Module):
         raise HarnessError(f"model.name {cfg.name!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _parameters(cls: Any) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): it takes what it takes
+        return {}
 
 
 def matches_prefix(name: str, prefix: str) -> bool:
@@ -304,8 +337,8 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
         callbacks.append(EarlyStopping(stop_monitor, stop_mode, es.patience, es.min_delta))
     folder = run_dir if run_dir is not None else shared_run_dir
     if folder is not None and checkpoints:
-        extra = {"recipe": recipe.to_dict(), "run_dir": str(folder.resolve())}
-        if data.vocabulary is not None:  # the id -> character mapping: sampling and scoring decode with it
+        extra: dict[str, Any] = {"recipe": recipe.to_dict(), "run_dir": str(folder.resolve())}
+        if data.vocabulary is not None:  # what the token ids mean: scoring, exporting and sampling check or decode it
             extra["vocabulary"] = data.vocabulary
         callbacks.append(ModelCheckpoint(folder / "checkpoints", monitor, mode, extra=extra, resume_hint=resume_hint,
                                          sharded=t.strategy == "fsdp"))
@@ -327,13 +360,15 @@ def build_trainer(recipe: Recipe, model: nn.Module, data: Data, run_dir: Path | 
     )
 
 
-def check_sample(recipe: Recipe, model: nn.Module) -> None:
-    """`logging.sample` needs text data and a model that generates: refused once the model is built, before
-    any data is read (the prompt's characters are checked against the vocabulary, once the text is read)."""
+def check_sample(recipe: Recipe, model: nn.Module | type[nn.Module]) -> None:
+    """`logging.sample` needs text data and a model that generates (the model or its class, which is known
+    before any data is read; the prompt's characters are checked against the vocabulary once the text is read)."""
     if recipe.logging.sample is None:
         return
     if recipe.data.name != TEXT_CHARS:
         raise HarnessError(f"logging.sample generates text: data.name={recipe.data.name} is not text ({TEXT_CHARS})")
+    if not (isinstance(model, nn.Module) or isinstance(model, type)):  # a factory: its model is checked once built
+        return
     if not callable(getattr(model, "generate", None)):
         raise HarnessError(f"logging.sample: model.name={recipe.model.name} has no generate(idx, max_new_tokens, "
                            "temperature, top_k, generator) method to sample with (models.gpt.GPT has one)")

@@ -1,10 +1,11 @@
 """The data of a recipe: the source `data.name` names, the seeded hold-out, and the loaders.
 
 `load_data_source` reads the splits (built-in data sets, scikit-learn's bundled `sklearn:breast_cancer`
-and `sklearn:digits`, `image_folder`, `import:module:function`; `text_chars` has its own loaders,
-`text_chars_data`) and
+and `sklearn:digits`, `image_folder`, `text_lines`, `import:module:function`; `text_chars` has its own
+loaders, `text_chars_data`) and
 keeps `data.classes`; `build_data` holds out `data.val_size` (seeded by `trainer.seed`), subsamples
-`data.train_size` and makes the loaders: a TensorLoader on the device for tensors, the DataLoader
+`data.train_size` and makes the loaders: a TensorLoader on the device for tensors, a TextLoader for
+sentences (their vocabulary built from the sentences trained on, after every split), the DataLoader
 path for datasets, this rank's shard under torchrun. `identify_test_split` says which samples a
 recipe's test split holds, so that two recipes can be checked to score on the very same ones.
 """
@@ -25,10 +26,15 @@ from harness.data import (
     FeatureTensors,
     ImageTensors,
     TensorLoader,
+    TextLines,
+    TextLoader,
+    Vocabulary,
     augment_transforms,
+    build_vocabulary,
     load_bundled,
     load_dataset,
     load_image_folder,
+    load_text_lines,
     make_dataloader,
     random_subset,
     resolve_data_root,
@@ -38,9 +44,14 @@ from harness.data import (
 )
 from harness.data.map_style import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.text_chars import TEXT_CHARS, RandomWindows, SequentialWindows, load_text_chars, resolve_text_path
+from harness.data.text_lines import TEXT_LINES
 from harness.errors import HarnessError
 from harness.recipe.imports import import_object
 from harness.recipe.schema import DataConfig
+
+# The data.name values whose inputs are token ids of a vocabulary (`Data.vocabulary`): a model of them
+# embeds the ids, and its embedding is sized from that vocabulary.
+TOKEN_SOURCES = (TEXT_CHARS, TEXT_LINES)
 
 
 @dataclass
@@ -52,7 +63,11 @@ class Data:
     test: Iterable[Any]
     classes: list[str]
     num_classes: int
-    vocabulary: str | None = None  # text_chars: the characters, id i is vocabulary[i] (the classes, joined)
+    # Text: what the token ids mean, id i is vocabulary[i]. text_chars: the characters as one string (the
+    # classes, joined); text_lines: the words, 0 <pad> and 1 <unk> first, built from the training sentences
+    # of this run (of this fold, under cross-validation) only. None for other data. Checkpoints keep it
+    # (`extra["vocabulary"]`) and every command that loads one checks it (`weights.check_vocabulary`).
+    vocabulary: str | list[str] | None = None
 
 
 @dataclass
@@ -60,7 +75,7 @@ class DataSource:
     """The splits `data.name` provides, `data.classes` applied, before any hold-out.
 
     A split is an `ImageTensors` or a `FeatureTensors` (the tensor path: TensorLoader, batch augmentation
-    of images on the device),
+    of images on the device), `TextLines` (sentences: TextLoader),
     a map-style dataset (the DataLoader path) or, from an import function, a ready loader (used as is).
     """
 
@@ -73,12 +88,17 @@ class DataSource:
 
 
 def load_data_source(cfg: DataConfig) -> DataSource:
-    """Read `data.name` (built-in, bundled, `image_folder` or `import:module:function`) and keep `data.classes`."""
+    """Read `data.name` (built-in, bundled, `image_folder`, `text_lines` or `import:module:function`) and keep
+    `data.classes`."""
     if cfg.name == TEXT_CHARS:
         raise HarnessError(f"data.name={TEXT_CHARS} has training and validation windows, not samples of classes: "
                            "this command needs a data set of samples")
     if cfg.name == "image_folder":
         source = _image_folder_source(cfg)
+    elif cfg.name == TEXT_LINES:  # data.classes does not apply (the schema refuses it): the files are the classes
+        assert cfg.files is not None  # the schema requires them
+        train, test = load_text_lines(cfg.files, cfg.root, cfg.encoding)
+        return DataSource(train, test, None, train, train.classes)
     elif cfg.name.startswith("import:"):
         source = _import_source(cfg)
     elif cfg.name in BUNDLED:  # inside scikit-learn: data.root and data.download do not apply
@@ -115,10 +135,11 @@ class SplitIdentity:
     size: int  # samples
     classes: tuple[str, ...]  # class names, in label order
     fingerprint: str  # sha256 of the inputs (as stored, with the normalisation applied to them) and labels, in order
+    unit: str = "images"  # what a sample is, for messages
 
     def describe(self) -> str:
         names = ", ".join(self.classes[:3]) + (", ..." if len(self.classes) > 3 else "")
-        return f"{self.size} images of {len(self.classes)} classes ({names})"
+        return f"{self.size} {self.unit} of {len(self.classes)} classes ({names})"
 
 
 # The data keys that decide the test split (the others shape training only).
@@ -127,9 +148,12 @@ TEST_SPLIT_KEYS = ("name", "root", "classes", "image_size", "mean", "std")
 
 def identify_test_split(cfg: DataConfig) -> SplitIdentity:
     """The identity of the test split `cfg` gives: its size, class names and a fingerprint of every
-    input and label. Tensors are hashed as stored plus their mean / std; a dataset is read once."""
+    input and label. Tensors are hashed as stored plus their mean / std; sentences as their words (the
+    ids a model sees depend on its training split's vocabulary, the sentences do not); a dataset is read once."""
     source = load_data_source(cfg)
     split, digest, size = source.test, hashlib.sha256(), 0
+    if isinstance(split, TextLines):
+        return SplitIdentity(len(split), tuple(source.classes), split.fingerprint(), unit="sentences")
     if isinstance(split, TENSOR_SPLITS):
         digest.update(repr((tuple(split.inputs.shape), split.mean, split.std)).encode())
         digest.update(split.inputs.cpu().contiguous().numpy().tobytes())
@@ -171,8 +195,12 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
                indices: tuple[torch.Tensor, torch.Tensor] | None = None) -> Data:
     """The loaders of a recipe's data: `load_data_source`, then a seeded validation hold-out of
     `data.val_size` (unless the source has its own val split), a seeded `data.train_size` subset,
-    and loaders: TensorLoader for tensors (augmenting training batches on the device), the
-    DataLoader path for datasets.
+    and loaders: TensorLoader for tensors (augmenting training batches on the device), TextLoader for
+    sentences, the DataLoader path for datasets.
+
+    Sentences are encoded with a vocabulary (`Data.vocabulary`) built from the training sentences alone,
+    after the hold-out, the fold and the `data.train_size` subset are drawn: validation, held-out and
+    test words the training sentences lack are <unk>.
 
     `indices`: explicit `(train_idx, val_idx)` into the training split instead of the `val_size`
     hold-out (cross-validation folds)."""
@@ -184,8 +212,13 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
 
     source = load_data_source(cfg)
     augment = _batch_augment(cfg, source.train)
+    vocabulary: Vocabulary | None = None  # sentences: set from the training sentences before any loader is made
 
     def loader(split: Any, batch_size: int, shuffle: bool, augment: Any = None) -> Any:
+        if isinstance(split, TextLines):
+            assert vocabulary is not None, "the vocabulary comes first, from the training sentences"
+            return TextLoader(vocabulary.encode(split), split.offsets, split.targets, batch_size, shuffle=shuffle,
+                              seed=seed, device=device, rank=rank, world_size=world_size)
         if isinstance(split, TENSOR_SPLITS):
             return TensorLoader(split.inputs, split.targets, batch_size, mean=split.mean, std=split.std,
                                 shuffle=shuffle, seed=seed, device=device, channels_last=channels_last,
@@ -203,7 +236,13 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
         if split is not None and not is_loader(split) and len(split) == 0:
             subset = f" after data.classes={cfg.classes}" if cfg.classes is not None else ""
             raise HarnessError(f"data.name={cfg.name}: the {split_name} split has no samples{subset}")
-    test = loader(source.test, cfg.eval_batch_size, shuffle=False)
+
+    def finish(train: Any, val: Any) -> Data:
+        # The test loader last: sentences are encoded with the vocabulary of what `train` holds.
+        test = loader(source.test, cfg.eval_batch_size, shuffle=False)
+        words = None if vocabulary is None else list(vocabulary.words)
+        return Data(train, val, test, classes, len(classes), vocabulary=words)
+
     if is_loader(source.train):  # an import function's own loaders: nothing to split or subsample
         if overfit_batches or indices is not None or cfg.train_size is not None:
             raise HarnessError(f"{cfg.name} gave a training loader: trainer.overfit_batches, data.train_size "
@@ -212,14 +251,16 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
             raise HarnessError(f"data.val_size={cfg.val_size}: {cfg.name} gave a training loader, nothing can be "
                                "held out of it; return a 'val' split too, or set data.val_size=0")
         val = None if source.val is None else loader(source.val, cfg.eval_batch_size, shuffle=False)
-        return Data(source.train, val, test, classes, len(classes))
+        return finish(source.train, val)
 
     n = len(source.train)
     if overfit_batches:
         # Train and validate on the same few fixed batches (not augmented): a model that cannot fit them has a bug.
         head = _take(source.holdout, torch.arange(min(n, overfit_batches * cfg.batch_size)))
+        if isinstance(head, TextLines):
+            vocabulary = build_vocabulary(head, cfg.min_freq)
         same = loader(head, cfg.batch_size, shuffle=False)
-        return Data(same, same, test, classes, len(classes))
+        return finish(same, same)
     own_val = indices is None and source.val is not None  # data.val_size is then not used
     if indices is not None:
         train_idx, val_idx = indices
@@ -234,14 +275,15 @@ def build_data(cfg: DataConfig, device: torch.device, seed: int, *, overfit_batc
             raise HarnessError(f"data.train_size={cfg.train_size} is more than the {len(train_idx)} training "
                                "images left after the validation hold-out")
         train_idx = train_idx[random_subset(len(train_idx), cfg.train_size, seed)]
+    everything = len(train_idx) == n  # all of it (the indices are sorted): use it as is, no copy
+    train_split = source.train if everything else _take(source.train, train_idx)
+    if isinstance(train_split, TextLines):  # after every split: held-out sentences never shape the vocabulary
+        vocabulary = build_vocabulary(train_split, cfg.min_freq)
     if own_val:
         val = loader(source.val, cfg.eval_batch_size, shuffle=False)
     else:
         val = loader(_take(source.holdout, val_idx), cfg.eval_batch_size, shuffle=False) if len(val_idx) else None
-    everything = len(train_idx) == n  # all of it (the indices are sorted): use it as is, no copy
-    train = loader(source.train if everything else _take(source.train, train_idx), cfg.batch_size, shuffle=True,
-                   augment=augment)
-    return Data(train=train, val=val, test=test, classes=classes, num_classes=len(classes))
+    return finish(loader(train_split, cfg.batch_size, shuffle=True, augment=augment), val)
 
 
 def is_loader(split: Any) -> bool:
@@ -251,7 +293,7 @@ def is_loader(split: Any) -> bool:
 
 def _take(split: Any, index: torch.Tensor) -> Any:
 
-    if isinstance(split, TENSOR_SPLITS):
+    if isinstance(split, (*TENSOR_SPLITS, TextLines)):
         return split.take(index)
     return torch.utils.data.Subset(split, index.tolist())
 

@@ -31,9 +31,10 @@ from harness.recipe.build import (
     check_monitors,
     check_sample,
     check_step_settings,
+    model_class,
 )
 from harness.recipe.classes import check_classes
-from harness.recipe.data import Data, build_data
+from harness.recipe.data import TOKEN_SOURCES, Data, build_data
 from harness.recipe.schema import MetricConfig, Recipe
 from harness.recipe.strategy import strategy_blocks
 from harness.recipe.weights import check_same_data, check_vocabulary, init_model, load_checkpoint_model
@@ -89,7 +90,8 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
                    indices: tuple[torch.Tensor, torch.Tensor] | None = None,
                    shared_run_dir: Path | None = None) -> Training:
     """The model (before the data: a bad model name fails in a second), its `model.init_from` weights
-    unless resuming (a resume loads the checkpoint's), this rank's data, and the Trainer.
+    unless resuming (a resume loads the checkpoint's), this rank's data, and the Trainer. A model sized by
+    the data's vocabulary (text: characters, words) is built after the data, once that vocabulary is known.
 
     `indices`: explicit (train, val) indices into the training split (cross-validation folds).
     With `trainer.compile`, Dynamo's caches are reset first: the runs of one process (sweep trials, compared
@@ -103,13 +105,22 @@ def build_training(recipe: Recipe, env: Setup, run_dir: Path | None, *, resuming
     check_step_settings(recipe)
     if t.compile:
         torch._dynamo.reset()
-    model = build_model(recipe.model)
-    strategy_blocks(recipe, model)  # class names the model does not have: before the data too
-    check_sample(recipe, model)  # logging.sample without text data or a model that generates: likewise
-    initialised = None if resuming else init_model(model, recipe.model)
+    # An unknown model name, and logging.sample without text data or a model that generates: before the data
+    check_sample(recipe, model_class(recipe.model))
+
+    def model_and_weights(vocab_size: int | None) -> tuple[nn.Module, str | None]:
+        model = build_model(recipe.model, vocab_size=vocab_size)
+        strategy_blocks(recipe, model)  # class names the model does not have
+        return model, None if resuming else init_model(model, recipe.model)
+
+    # Text is token ids: the embedding is sized from the data's vocabulary, so that model waits for the data.
+    # Any other model is built first: a bad model.args fails before the data is read.
+    model, initialised = (None, None) if recipe.data.name in TOKEN_SOURCES else model_and_weights(None)
     data = build_data(recipe.data, env.device, t.seed, overfit_batches=t.overfit_batches,
                       channels_last=t.channels_last, rank=env.dist.rank, world_size=env.dist.world_size,
                       indices=indices)
+    if model is None:
+        model, initialised = model_and_weights(None if data.vocabulary is None else len(data.vocabulary))
     trainer = build_trainer(recipe, model, data, run_dir, env.device, extra_callbacks=callbacks,
                             resume_hint=resume_hint, trainer_class=trainer_class, checkpoints=checkpoints,
                             shared_run_dir=shared_run_dir)

@@ -7,6 +7,7 @@ any work starts. Overrides go through exactly the same validation as the file.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import re
 from pathlib import Path
@@ -19,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.core.callbacks import DEFAULT_MODE, DEFAULT_MONITOR
 from harness.data.bundled import BUNDLED  # scikit-learn's bundled sets: sklearn:breast_cancer, sklearn:digits
 from harness.data.datasets import DATASETS  # the registry is the one list of built-in data set names
-from harness.data.text_chars import TEXT_CHARS
+from harness.data.text_chars import TEXT_CHARS  # a character-level text file
+from harness.data.text_lines import TEXT_LINES  # sentences from one file per class
 from harness.errors import HarnessError
 
 
@@ -54,6 +56,7 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     # mnist | fashion_mnist | cifar10 | sklearn:breast_cancer | sklearn:digits | image_folder | text_chars
+    # | text_lines
     # | import:package.module:function
     name: str = "mnist"
     root: str | None = None  # None: $HARNESS_DATA_DIR, else ./data (image_folder: holds train/, test/, val/)
@@ -70,20 +73,34 @@ class DataConfig(Section):
     num_workers: int | None = Field(None, ge=0)  # DataLoader path; None: min(4, CPUs)
     pin_memory: bool | None = None  # DataLoader path; None: when the run trains on CUDA
     persistent_workers: bool | None = None  # DataLoader path; None: when num_workers > 0
+    encoding: str = "utf-8"  # text_chars, text_lines: the text's encoding, a Python codec name (MR: latin-1)
     # text_chars: a character-level text file, split as nanoGPT does (first 90 % train, last 10 % validate)
     path: str | None = None  # text_chars: the text file; a relative path lies under the data root
-    encoding: str = "utf-8"  # text_chars: the file's text encoding
     block_size: int | None = Field(None, gt=0)  # text_chars: characters per window (the model's context)
+    # text_lines: one file per class, one sample per line; class i is the i-th entry. Relative paths lie
+    # under the data root, e.g. {neg: rt-polaritydata/rt-polarity.neg, pos: rt-polaritydata/rt-polarity.pos}
+    files: dict[str, str] | None = None
+    min_freq: int = Field(1, gt=0)  # text_lines: a word seen fewer times in the training split is <unk>
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        choices = [*DATASETS, *BUNDLED, "image_folder", TEXT_CHARS]
+        choices = [*DATASETS, *BUNDLED, "image_folder", TEXT_CHARS, TEXT_LINES]
         module, _, function = name.removeprefix("import:").partition(":")
         if name in choices or (name.startswith("import:") and module and function):
             return name
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(choices)}, "
                          "or import:package.module:function")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}: give a Python codec name, e.g. utf-8, latin-1, "
+                             "cp1252") from None
+        return encoding
 
     @model_validator(mode="after")
     def _mean_with_std(self) -> DataConfig:
@@ -107,6 +124,29 @@ class DataConfig(Section):
         if unused:
             raise ValueError(f"data.{unused[0]} does not apply to {TEXT_CHARS} (its split is the first 90 % of the "
                              "text for training, the last 10 % for validation)")
+        return self
+
+    @model_validator(mode="after")
+    def _text_lines_keys(self) -> DataConfig:
+        if self.name != TEXT_LINES:
+            if self.files is not None:
+                raise ValueError(f"data.files is read by data.name={TEXT_LINES} only; remove it")
+            if self.min_freq != DataConfig.model_fields["min_freq"].default:  # config.yaml writes every key
+                raise ValueError(f"data.min_freq is read by data.name={TEXT_LINES} only; remove it")
+            return self
+        if self.files is None or len(self.files) < 2:
+            raise ValueError(f"data.files: {TEXT_LINES} reads one file per class, at least two: give "
+                             "{class name: path}, e.g. {neg: rt-polaritydata/rt-polarity.neg, "
+                             f"pos: rt-polaritydata/rt-polarity.pos}}; got {self.files}")
+        empty = [label for label, path in self.files.items() if not label or not path]
+        if empty:
+            raise ValueError(f"data.files: every class needs a name and a path; got {self.files}")
+        not_sentences = {"classes": "list only the class files you want in data.files",
+                         "augment": "it crops and flips images", "mean": "it normalises images",
+                         "path": f"the one text file of {TEXT_CHARS}; the class files are data.files"}
+        for key, why in not_sentences.items():
+            if getattr(self, key) is not None:
+                raise ValueError(f"data.{key} does not apply to {TEXT_LINES} ({why}); remove it")
         return self
 
 

@@ -3,7 +3,8 @@
 `init_model` loads a pretrained file into a freshly built model (renamed, skipped, strict or not);
 `load_checkpoint_model` gives the recipe's model with a checkpoint's weights, raw or EMA as the recipe
 says (`choose_weights`), for every command that scores or exports a checkpoint; `check_same_data`
-refuses a recipe whose data differs from the one the checkpoint was trained on.
+refuses a recipe whose data differs from the one the checkpoint was trained on, and `check_vocabulary`
+text whose token ids would mean other characters or words than the checkpoint's.
 
 A sharded checkpoint (a folder that `trainer.strategy: fsdp` writes) is accepted wherever a checkpoint
 file is: its model is consolidated into whole tensors in this process, whatever world size wrote it.
@@ -122,9 +123,11 @@ def load_checkpoint_model(recipe: Recipe, checkpoint: str | Path) -> tuple[nn.Mo
     """The recipe's model with the checkpoint's weights (EMA when the recipe has trainer.ema), in eval
     mode on the CPU; the checkpoint's state; and words saying which weights were loaded. A missing,
     corrupt or foreign checkpoint raises HarnessError. A sharded checkpoint's model is consolidated
-    (its state then holds the whole tensors as "model")."""
+    (its state then holds the whole tensors as "model"). A text model's embedding is sized from the
+    vocabulary the checkpoint keeps, as training sized it from the data's."""
     state = sharded_checkpoint.read_checkpoint_state(checkpoint)
-    model = build_model(recipe.model)
+    vocabulary = saved_vocabulary(state)
+    model = build_model(recipe.model, vocab_size=None if vocabulary is None else len(vocabulary))
     if sharded_checkpoint.is_sharded_checkpoint(checkpoint):
         sharded_checkpoint.check_model(model, checkpoint)  # names and shapes, before reading any tensor
         state = {**state, "model": sharded_checkpoint.consolidate(checkpoint)}
@@ -172,16 +175,38 @@ def check_same_data(state: dict[str, Any], recipe: Recipe, split: str, path: Pat
         )
 
 
-def check_vocabulary(state: dict[str, Any], vocabulary: str | None, path: Path) -> None:
+def saved_vocabulary(state: dict[str, Any]) -> str | list[str] | None:
+    """What a checkpoint's token ids mean, id i is vocabulary[i] (`harness.recipe.data.Data.vocabulary`:
+    text_chars' characters as one string, text_lines' words as a list); None for a model of other data."""
+    return state.get("extra", {}).get("vocabulary")
+
+
+def check_vocabulary(state: dict[str, Any], vocabulary: str | list[str] | None, path: Path | str) -> None:
     """Refuse data whose vocabulary differs from the one a text model was trained with: id i would mean
-    another character. Nothing to compare when either side has none (not a text model, not text data)."""
-    saved = state.get("extra", {}).get("vocabulary")
-    if saved is None or vocabulary is None or saved == vocabulary:
+    another character (text_chars: another text) or another word (text_lines: another file, encoding,
+    min_freq, or other training sentences, which data.val_size and trainer.seed choose).
+
+    Nothing to compare when neither has one (not text), or when the checkpoint has none (saved from
+    Python without it); a checkpoint with a vocabulary and data without one is refused."""
+    saved = saved_vocabulary(state)
+    if saved is None or saved == vocabulary:
         return
-    differ = "".join(sorted(set(saved) ^ set(vocabulary)))
-    how = f"characters in one but not the other: {differ[:20]!r}" if differ else "the same characters in another order"
-    raise HarnessError(f"{path}: the model was trained with a vocabulary of {len(saved)} characters, the data has "
-                       f"{len(vocabulary)} ({how}); use the text (data.path, data.encoding) it was trained on")
+    if vocabulary is None:
+        raise HarnessError(f"{path}: the model was trained on token ids of a vocabulary of {len(saved)}, the "
+                           "recipe's data has none: score it with the text recipe it was trained with")
+    unit = "characters" if isinstance(saved, str) else "words"
+    differ = sorted(set(saved) ^ set(vocabulary))
+    if differ:
+        shown = repr("".join(differ)[:20]) if isinstance(saved, str) else ", ".join(map(repr, differ[:5]))
+        how = f"{unit} in one but not the other: {shown}{', ...' if len(differ) > 5 and unit == 'words' else ''}"
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(saved, vocabulary, strict=True)) if a != b)
+        how = f"the same {unit} in another order: id {first} is {saved[first]!r} there and {vocabulary[first]!r} here"
+    fix = "use the text (data.path, data.encoding) it was trained on" if isinstance(saved, str) else \
+        "score it with the recipe it was trained with (the same data.files, encoding, min_freq, val_size and " \
+        "trainer.seed)"
+    raise HarnessError(f"{path}: vocabulary mismatch: the model was trained with a vocabulary of {len(saved)} "
+                       f"{unit}, the data has {len(vocabulary)} ({how}); {fix}")
 
 
 def _as_override(value: Any) -> str:

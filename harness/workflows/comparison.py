@@ -69,12 +69,12 @@ from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
 from harness.errors import HarnessError, Interrupted
 from harness.metrics.functional import to_labels
 from harness.metrics.report import format_table, mean_std
-from harness.recipe.build import build_model, check_monitors
-from harness.recipe.data import SplitIdentity, build_data, check_same_test_split, identify_test_split
+from harness.recipe.build import check_monitors
+from harness.recipe.data import TOKEN_SOURCES, SplitIdentity, build_data, check_same_test_split, identify_test_split
 from harness.recipe.parts import build_evaluation, setup
 from harness.recipe.run_folder import best_checkpoint, last_checkpoint, new_run_folder, run_name, write_json
 from harness.recipe.schema import Recipe, load_recipe
-from harness.recipe.weights import check_same_data, load_checkpoint_model
+from harness.recipe.weights import check_same_data, check_vocabulary, load_checkpoint_model
 from harness.stats import t_interval, wilson_interval
 from harness.workflows.evaluation import evaluate
 from harness.workflows.pairwise import CONFIDENCE, pairs_notes, pairs_table_rows, pairwise
@@ -159,6 +159,8 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
         recipe = recipes[(label, seeds[0])]
         _, state, _ = load_checkpoint_model(recipe, path)
         check_same_data(state, recipe, "test", path)
+        if recipe.data.name in TOKEN_SOURCES:  # token ids must mean what they meant in training
+            check_vocabulary(state, build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed).vocabulary, path)
     # The test splits themselves, not the recipe keys: the same samples, classes and inputs for every model.
     identities: dict[str, SplitIdentity] = {}
     splits = []
@@ -256,7 +258,9 @@ def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint:
     if measure:  # architecture and speed figures: measured once per model, with its first finished run
         speed = scores["speed"]
         one, big = speed["batches"][0], speed["batches"][-1]  # batch 1, data.eval_batch_size
-        fresh = build_model(recipe.model).to(example.device)  # FLOPs do not depend on the weights
+        fresh = load_checkpoint_model(recipe, checkpoint)[0].to(example.device)  # its own size (vocabulary)
+        if recipe.data.name in TOKEN_SOURCES:  # token ids of this model's own vocabulary
+            example = next(iter(build_data(recipe.data, example.device, recipe.trainer.seed).test))[0][:1]
         row.update(params=speed["num_parameters"], flops_per_sample=count_flops(fresh, example),
                    infer_batch=big["batch_size"], infer_samples_per_s=big["throughput_samples_per_s"],
                    latency_p50_ms=one["latency_ms"]["p50"], latency_p95_ms=one["latency_ms"]["p95"])

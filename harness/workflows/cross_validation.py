@@ -4,6 +4,8 @@ The recipe's training split (MNIST: the 60k train images; sklearn:*: the 80 % ou
 split; the test split is never evaluated) is cut into K stratified folds (`harness.data.folds`, seeded
 by `trainer.seed`). Fold i trains a fresh model from the recipe on the other K-1 folds and
 validates on fold i; `data.val_size` does not apply (the held-out fold is the validation set).
+Sentences (`text_lines`) are encoded with a vocabulary built inside each fold from its training part
+alone (`harness.recipe.data.build_data`): words only the held-out fold holds are <unk> there.
 Every fold starts from the same seed, so the spread between folds comes from the data alone. A
 fold's score is its last epoch's validation metrics: picking the best epoch on the held-out fold
 would bias the estimate upwards.
@@ -45,11 +47,11 @@ from tqdm import tqdm
 from harness.core.callbacks import best_entry
 from harness.core.seed import seed_everything
 from harness.core.trainer import TrainingInterrupted
-from harness.data import TENSOR_SPLITS, dataset_targets
+from harness.data import TENSOR_SPLITS, TextLines, dataset_targets
 from harness.data.folds import fold_splits, stratified_folds
 from harness.errors import HarnessError
 from harness.metrics.report import format_table, mean_std
-from harness.recipe.build import build_model, check_monitors, epochs_to_run
+from harness.recipe.build import check_monitors, epochs_to_run, model_class
 from harness.recipe.data import is_loader, load_data_source
 from harness.recipe.parts import build_training, setup
 from harness.recipe.run_folder import CONFIG, check_run_parent, command_folder, write_config, write_json
@@ -93,13 +95,13 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
     elif not t.fast_dev_run:
         check_run_parent(recipe, recipe_path, "cv")  # the folder itself is made once the folds are known
     env = setup(recipe)
-    build_model(recipe.model)  # a bad model name fails before the data is read
+    model_class(recipe.model)  # a bad model name fails before the data is read
     # The training split exactly as build_data sees it (data.classes applied, any source), so the
     # fold indices index the same samples.
     full = load_data_source(recipe.data).train
     if is_loader(full):
         raise HarnessError(f"{recipe.data.name} gave a training loader: cross-validation needs a dataset")
-    targets = full.targets if isinstance(full, TENSOR_SPLITS) else dataset_targets(full)
+    targets = full.targets if isinstance(full, (*TENSOR_SPLITS, TextLines)) else dataset_targets(full)
     splits = fold_splits(stratified_folds(targets, folds, seed=t.seed))
     smallest = min(len(train_idx) for train_idx, _ in splits)
     if recipe.data.train_size is not None and recipe.data.train_size > smallest:

@@ -15,8 +15,9 @@ it the command fails (`CheckFailed`, exit code 1) and nothing is left at the out
                  `model.load_state_dict(torch.load(path))`.
 
 Every export carries what a user needs to feed it (`export_metadata`): the input shape, the
-normalisation the model was trained with (`x = (pixel / 255 - mean) / std` per channel) and the class
-names in output order: ONNX `metadata_props`, TorchScript `_extra_files["harness_export.json"]`, and for
+normalisation the model was trained with (`x = (pixel / 255 - mean) / std` per channel) or, for
+sentences, the vocabulary that turns words into token ids, and the class names in output order:
+ONNX `metadata_props`, TorchScript `_extra_files["harness_export.json"]`, and for
 state_dict a sidecar `<output>.json`.
 
 The weights are those `harness.evaluate` scores (`load_checkpoint_model`): the raw weights, or the EMA average when the
@@ -40,13 +41,14 @@ from torch import nn
 from harness.core.checkpoint import FORMAT, load_file, publish, temporary_beside
 from harness.data.map_style import NormalizeCollate
 from harness.data.tensor_loader import FeatureStandardize, TensorLoader
+from harness.data.text_lines import PAD_INDEX, TextLoader
 from harness.errors import CheckFailed, HarnessError
 from harness.recipe.build import build_model
 from harness.recipe.choices import DEFAULT_EXPORT_ATOL, EXPORT_FORMATS
-from harness.recipe.data import build_data
+from harness.recipe.data import Data, build_data
 from harness.recipe.run_folder import results_folder, write_json
 from harness.recipe.schema import Recipe
-from harness.recipe.weights import check_same_data, load_checkpoint_model
+from harness.recipe.weights import check_same_data, check_vocabulary, load_checkpoint_model
 
 FORMATS = EXPORT_FORMATS
 ONNX_OPSET = 17
@@ -57,25 +59,45 @@ METADATA_FILE = "harness_export.json"  # TorchScript: the name of the metadata i
 
 
 def example_batch(recipe: Recipe, size: int = CHECK_BATCH) -> torch.Tensor:
-    """The first `size` inputs of the recipe's test split, normalised as in training (CPU)."""
+    """The first `size` inputs of the recipe's test split, normalised (or encoded) as in training (CPU)."""
     return _example(recipe, size)[0]
 
 
-def _example(recipe: Recipe, size: int) -> tuple[torch.Tensor, Any, list[str]]:
-    """The first `size` test inputs, the loader that made them (its normalisation), the class names."""
+def _example(recipe: Recipe, size: int) -> tuple[torch.Tensor, Any, Data]:
+    """The first `size` test inputs, the loader that made them (its normalisation), the data (class names,
+    vocabulary)."""
     data = build_data(recipe.data.model_copy(update={"eval_batch_size": size}), torch.device("cpu"),
                       recipe.trainer.seed)
     inputs, _ = next(iter(data.test))
-    return inputs, data.test, data.classes
+    return inputs, data.test, data
 
 
 def export_metadata(recipe: Recipe, checkpoint: str | Path, epoch: int, weights: str, batch: torch.Tensor,
-                    loader: Any, classes: list[str]) -> dict[str, Any]:
+                    loader: Any, classes: list[str], vocabulary: str | list[str] | None = None) -> dict[str, Any]:
     """What a user of the exported file needs to feed it and read its output.
 
     `mean` / `std` are those of the loader that made the check batch: what the model was trained on.
     A data source whose loaders the harness does not build (an import function's own loader or
-    dataset transforms) leaves them None and says so."""
+    dataset transforms) leaves them None and says so. Sentences carry their `vocabulary` (token id i is
+    word i) instead: the one thing that turns text into the model's input."""
+    if isinstance(loader, TextLoader):
+        return {
+            "input_name": "input",
+            "input_shape": ["batch", "tokens"],
+            "input_dtype": str(batch.dtype).removeprefix("torch."),
+            "preprocessing": (f"text decoded as {recipe.data.encoding}; each sentence split into words on blanks "
+                              "(spaces, tabs); each word's index in vocabulary (1, <unk>, for a word not in it); "
+                              f"sentences right-padded with {PAD_INDEX} (<pad>) to the longest of the batch, "
+                              "int64 (batch, tokens)"),
+            "mean": None,
+            "std": None,
+            "vocabulary": list(vocabulary or []),
+            "classes": list(classes),
+            "output": "one score (logit) per class, in the order of classes",
+            "checkpoint": str(checkpoint),
+            "epoch": epoch,
+            "weights": weights,
+        }
     normalize = None
     if isinstance(loader, TensorLoader):
         normalize = loader.normalize
@@ -158,33 +180,40 @@ def export(recipe: Recipe, checkpoint: str | Path, fmt: str, output: str | Path 
     model, state, weights = load_checkpoint_model(recipe, checkpoint)
     # The class names and normalisation written into the file are the recipe's: they must be the checkpoint's.
     check_same_data(state, recipe, "test", Path(checkpoint))
-    batch, loader, classes = _example(recipe, CHECK_BATCH)
-    metadata = export_metadata(recipe, checkpoint, state["epoch"], weights, batch, loader, classes)
+    batch, loader, data = _example(recipe, CHECK_BATCH)
+    check_vocabulary(state, data.vocabulary, checkpoint)  # the vocabulary written is the one the model was trained with
+    metadata = export_metadata(recipe, checkpoint, state["epoch"], weights, batch, loader, data.classes,
+                               data.vocabulary)
+    tokens = isinstance(loader, TextLoader)  # sentences: the length dimension is dynamic too
+    exported_with = _shortest_two(batch) if tokens else batch[:2]
     tmp = temporary_beside(output)
     try:
         with torch.no_grad():
             expected = model(batch)
-            # Exported with a batch of 2, checked with CHECK_BATCH rows: the batch dimension must be dynamic.
+            # Exported with a batch of 2 (sentences: the two shortest, padded to the longer of them), checked
+            # with CHECK_BATCH rows padded to their longest: the batch (and length) dimensions must be dynamic.
             if fmt == "onnx":
-                _export_onnx(model, batch[:2], tmp, metadata)
+                _export_onnx(model, exported_with, tmp, metadata, tokens)
                 got = _run_onnx(tmp, batch)
             elif fmt == "torchscript":
                 with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated (for torch.export); it works
                     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated",
                                             category=FutureWarning)
-                    torch.jit.save(torch.jit.trace(model, batch[:2]), str(tmp),
+                    torch.jit.save(torch.jit.trace(model, exported_with), str(tmp),
                                    _extra_files={METADATA_FILE: json.dumps(metadata)})
                     got = torch.jit.load(str(tmp), map_location="cpu")(batch)
             else:
                 torch.save(model.state_dict(), tmp)
-                fresh = build_model(recipe.model)  # a new instance of the recipe's class
+                vocab_size = None if data.vocabulary is None else len(data.vocabulary)
+                fresh = build_model(recipe.model, vocab_size=vocab_size)  # a new instance of the recipe's class
                 fresh.load_state_dict(torch.load(tmp, map_location="cpu", weights_only=True))
                 got = fresh.eval()(batch)
         diff = (got - expected).abs().max().item()
         if not diff <= atol:  # NaN fails too
             raise CheckFailed(
                 f"export check failed: the {fmt} file's outputs differ from the PyTorch model's by up to {diff:.3g} "
-                f"on {batch.shape[0]} test inputs (exported with a batch of 2), more than --atol {atol:g}; "
+                f"on {batch.shape[0]} test inputs (exported with a batch of 2{' shorter sentences' * tokens}), "
+                f"more than --atol {atol:g}; "
                 f"nothing written to {output}")
         publish(tmp, output)
     finally:
@@ -214,6 +243,8 @@ def format_export(result: dict[str, Any]) -> str:
     ]
     if meta["mean"] is not None:
         lines.append(f"mean {meta['mean']}, std {meta['std']}")
+    if meta.get("vocabulary") is not None:
+        lines.append(f"vocabulary: {len(meta['vocabulary'])} words, in the metadata under 'vocabulary'")
     lines.append(f"output: one logit per class, classes {shown}")
     lines.append(f"metadata: {where}")
     return "\n".join(lines)
@@ -233,7 +264,16 @@ def _require_onnx() -> None:
         raise HarnessError(f"--format onnx needs the onnx and onnxruntime packages ({e}): {INSTALL_HINT}") from None
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
+def _shortest_two(batch: torch.Tensor) -> torch.Tensor:
+    """The two shortest sentences of a padded token batch, padded to the longer of them: exported with
+    these, a file that fixed the length dimension fails the check on the whole batch."""
+    lengths = (batch != PAD_INDEX).sum(dim=1)
+    rows = lengths.argsort(stable=True)[:2]
+    return batch[rows, : int(lengths[rows].max())]
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
+                 tokens: bool = False) -> None:
     import onnx  # noqa: PLC0415  (optional, as above)
 
     # The TorchScript-based exporter: fast and enough for these models. torch >= 2.9 defaults to the
@@ -243,7 +283,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=ONNX_OPSET,
+                          dynamic_axes={"input": {0: "batch", 1: "tokens"} if tokens else {0: "batch"},
+                                        "output": {0: "batch"}}, opset_version=ONNX_OPSET,
                           **legacy)
     proto = onnx.load(str(path))
     for key, value in metadata.items():  # one entry per key, its value as JSON text ("[0.1307]", "null")

@@ -31,9 +31,10 @@ def sample(recipe: Recipe, checkpoint: str | Path, prompt: str, tokens: int, *, 
     env = setup(recipe)
     model, state, _ = load_checkpoint_model(recipe, checkpoint)
     vocabulary = state.get("extra", {}).get("vocabulary")
-    if vocabulary is None:
-        raise HarnessError(f"{checkpoint}: holds no vocabulary: sampling needs a checkpoint of a text model "
-                           "(a run with data.name=text_chars)")
+    if not isinstance(vocabulary, str):  # None: not text; a list: the words of a sentence classifier (text_lines)
+        holds = "no vocabulary" if vocabulary is None else f"a vocabulary of {len(vocabulary)} words (a classifier's)"
+        raise HarnessError(f"{checkpoint}: holds {holds}: sampling needs a checkpoint of a character-level "
+                           "language model (a run with data.name=text_chars)")
     if not callable(getattr(model, "generate", None)):
         raise HarnessError(f"model.name={recipe.model.name} has no generate() method to sample with")
     try:

@@ -29,6 +29,7 @@ from harness.core.loggers import TensorBoardLogger
 from harness.core.run import dashboard_charts, load_best_weights, run_summary
 from harness.core.sharded_checkpoint import read_checkpoint_state
 from harness.core.trainer import Trainer
+from harness.data.text_chars import TEXT_CHARS
 from harness.errors import HarnessError, Interrupted
 from harness.recipe.build import epochs_to_run, logged_names, run_monitor, steps_to_run, validation_interval
 from harness.recipe.data import Data
@@ -221,7 +222,7 @@ class Run:
         summary = {"recipe": str(self.recipe_path) if self.recipe_path else None,
                    **run_summary(self.trainer, monitor=monitor, mode=mode, test=test, tested=tested,
                                  fit_seconds=fit_seconds, wall_seconds=wall_seconds, test_limit_reason=why,
-                                 text=self.data is not None and self.data.vocabulary is not None,
+                                 text=self.recipe.data.name == TEXT_CHARS,  # a corpus: tokens, not samples
                                  throughput=_throughput_summary(self.trainer, self.recipe)
                                  if self.trainer.throughput else None)}
         summary["run_dir"] = str(self.run_dir) if self.run_dir else None  # rank 0's, on every rank

@@ -1,0 +1,140 @@
+"""The commands on sentence recipes (`recipes/mr_cnn.yaml`, `recipes/mr_transformer.yaml`) with generated
+MR-like files: train, evaluate, compare, export (token ids of any length), compress, and a checkpoint that
+meets another vocabulary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, write_fake_mr
+
+from harness.core.checkpoint import read_checkpoint
+from harness.recipe.build import build_model
+from harness.recipe.data import build_data
+from harness.recipe.schema import load_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CNN, TRANSFORMER = REPO / "recipes/mr_cnn.yaml", REPO / "recipes/mr_transformer.yaml"
+SMALL = {CNN: "model.args={num_classes: 2, embed_dim: 16, maps: 8}",
+         TRANSFORMER: "model.args={num_classes: 2, dim: 16, heads: 2, layers: 1, mlp_dim: 32}"}
+
+
+def overrides(tmp_path: Path, recipe: Path) -> list[str]:
+    return [f"data.root={tmp_path / 'data'}", f"logging.root={tmp_path / 'runs'}", "trainer.progress=false",
+            "trainer.epochs=3", "data.val_size=20", "data.batch_size=16", "logging.tensorboard=false", SMALL[recipe]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small CNN trained on generated MR-like files (80 sentences a class)."""
+    from harness.train import main
+
+    tmp = tmp_path_factory.mktemp("text")
+    write_fake_mr(tmp / "data", n_per_class=80)
+    args = overrides(tmp, CNN)
+    assert main([str(CNN), *args]) == 0
+    (run_dir,) = (tmp / "runs" / "mr_cnn").iterdir()
+    return {"tmp": tmp, "args": args, "run_dir": run_dir, "best": run_dir / "checkpoints" / "best.pt",
+            "summary": json.loads((run_dir / "summary.json").read_text())}
+
+
+def test_train_learns_the_cue_words_and_keeps_the_vocabulary_in_the_checkpoint(trained: dict) -> None:
+    recipe = load_recipe(CNN, trained["args"])
+    data = build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed)
+    state = read_checkpoint(trained["best"])
+    assert state["extra"]["vocabulary"] == data.vocabulary and data.vocabulary[:2] == ["<pad>", "<unk>"]
+    assert state["model"]["embedding.weight"].shape == (len(data.vocabulary), 16)  # sized from the vocabulary
+    assert trained["summary"]["test"]["acc"] >= 0.75  # the cue words decide the class; chance is 0.5
+
+
+def test_evaluate_scores_the_test_sentences(trained: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.evaluate import main
+
+    assert main([str(CNN), "--checkpoint", str(trained["best"]), *trained["args"]]) == 0
+    report = json.loads((trained["run_dir"] / "eval-best-test.json").read_text())
+    assert report["num_samples"] == 16 and report["classes"] == ["neg", "pos"]  # 1 of 10 folds of 160
+    assert report["accuracy"] == pytest.approx(trained["summary"]["test"]["acc"])
+
+
+def test_a_checkpoint_meeting_another_vocabulary_is_refused(trained: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.evaluate import main
+
+    capsys.readouterr()
+    assert main([str(CNN), "--checkpoint", str(trained["best"]), *trained["args"], "data.min_freq=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "vocabulary mismatch: the model was trained with" in err and "min_freq" in err, err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "state_dict"])
+def test_export_round_trips_token_ids_of_any_length(trained: dict, fmt: str, tmp_path: Path) -> None:
+    from harness.export import main
+
+    output = tmp_path / f"model.{fmt}"
+    assert main([str(CNN), "--checkpoint", str(trained["best"]), "--format", fmt, "--output", str(output),
+                 *trained["args"]]) == 0
+    state = read_checkpoint(trained["best"])
+    model = build_model(load_recipe(CNN, trained["args"]).model, vocab_size=len(state["extra"]["vocabulary"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    for length in (1, 9, 40):  # none of them the length it was exported or checked with
+        tokens = torch.randint(1, len(state["extra"]["vocabulary"]), (3, length), generator=torch.Generator())
+        tokens[0, length // 2 + 1:] = 0  # padding in one row
+        with torch.no_grad():
+            expected = model(tokens)
+        if fmt == "onnx":
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"input": tokens.numpy()})[0])
+            meta = session.get_modelmeta().custom_metadata_map
+            assert json.loads(meta["vocabulary"]) == state["extra"]["vocabulary"]
+            assert json.loads(meta["input_shape"]) == ["batch", "tokens"] and meta["input_dtype"] == "int64"
+        elif fmt == "torchscript":
+            got = torch.jit.load(str(output))(tokens)
+        else:
+            fresh = build_model(load_recipe(CNN, trained["args"]).model, vocab_size=len(state["extra"]["vocabulary"]))
+            fresh.load_state_dict(torch.load(output, weights_only=True))
+            got = fresh.eval()(tokens)
+            sidecar = json.loads(Path(f"{output}.json").read_text())
+            assert sidecar["vocabulary"] == state["extra"]["vocabulary"]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+def test_compress_prunes_and_quantizes_the_text_cnn(trained: dict, tmp_path: Path) -> None:
+    from harness.workflows.compression import compress
+
+    recipe = load_recipe(CNN, trained["args"])
+    report = compress(recipe, trained["best"], sparsities=(0.5,), repeats=3, warmup=1, write=False, verbose=False)
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["original", "pruned 50%", "int8 dynamic (Linear)"]
+    assert report["rows"][0]["accuracy"] == pytest.approx(trained["summary"]["test"]["acc"])
+    assert report["rows"][1]["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert report["rows"][2]["int8_linear_layers"] == 1  # the head
+
+
+def test_compare_puts_the_transformer_beside_the_cnn_on_the_same_test_sentences(tmp_path: Path) -> None:
+    from harness.workflows.comparison import compare
+
+    write_fake_mr(tmp_path / "data", n_per_class=40)
+    common = [o for o in overrides(tmp_path, CNN) if not o.startswith("model.")] + ["trainer.epochs=1"]
+    result = compare([small_recipe(tmp_path, CNN), small_recipe(tmp_path, TRANSFORMER)], common)
+    assert [m["label"] for m in result["models"]] == ["mr_cnn", "mr_transformer"] and not result["failed"]
+    assert result["test_split"]["samples"] == 8 and result["test_split"]["classes"] == ["neg", "pos"]
+    for model in result["models"]:
+        assert model["params"][0] > 0 and model["flops_per_sample"][0] > 0 and 0 <= model["test_acc"][0] <= 1
+
+
+def small_recipe(tmp_path: Path, recipe: Path) -> Path:
+    """A copy of `recipe` with its small model written in: compare applies one set of overrides to every recipe."""
+    import yaml
+
+    text = yaml.safe_load(recipe.read_text())
+    text["model"]["args"] = yaml.safe_load(SMALL[recipe].split("=", 1)[1])
+    path = tmp_path / recipe.name
+    path.write_text(yaml.safe_dump(text))
+    return path
