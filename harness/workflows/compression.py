@@ -211,7 +211,7 @@ def format_table(report: dict[str, Any]) -> str:
     small, large = (str(b) for b in report["batch_sizes"])
     base = report["rows"][0]
     lines = [
-        f"{report['checkpoint']} (epoch {report['epoch']}), {report['num_test_samples']} test images, "
+        f"{report['checkpoint']} (epoch {report['epoch']}), {report['num_test_samples']} test samples, "
         f"{report['device']}",
         "",
         f"| model | zeros in Linear/Conv weights | test acc | Δ acc (points) | macro F1 | state_dict MB "
