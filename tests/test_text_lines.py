@@ -71,21 +71,28 @@ def test_the_test_split_is_a_fixed_stratified_tenth_and_take_keeps_sentences(tmp
     _, again_test = load_text_lines(FILES, tmp_path, "latin-1")
     assert sentences_of(again_test) == sentences_of(test)  # fixed: no seed involved
     # the recipe's seed does not move it either
-    assert identify_test_split(data_cfg(tmp_path)) == identify_test_split(data_cfg(tmp_path, val_size=7))
+    identity = identify_test_split(data_cfg(tmp_path))
+    assert identity == identify_test_split(data_cfg(tmp_path, val_size=7))
+    assert identity.describe().startswith("12 sentences of 2 classes")
+    pos = tmp_path / FILES["pos"]  # the same sizes and labels, one more word in every positive sentence
+    pos.write_bytes(pos.read_bytes().replace(b"\n", b" !\n"))
+    changed = identify_test_split(data_cfg(tmp_path))
+    assert (changed.size, changed.classes) == (identity.size, identity.classes) and changed != identity
 
 
 # ---------------------------------------------------------------- vocabulary
 def test_vocabulary_counts_the_training_sentences_only() -> None:
-    words = ["x", "y", "z", "<unk>", "w"]
-    train = TextLines(torch.tensor([0, 1, 0, 2, 0, 1, 3]), torch.tensor([0, 3, 5, 7]), torch.tensor([0, 1, 0]),
-                      ["a", "b"], words)
-    counts = Counter(words[i] for i in train.tokens.tolist())  # x 3, y 2, z 1, <unk> 1; w never
+    words = ["x", "y", "z", "<unk>", "w"]  # raw ids in order of first appearance
+    train = TextLines(torch.tensor([0, 1, 2, 2, 2, 1, 3, 2]), torch.tensor([0, 2, 6, 8]), torch.tensor([0, 1, 0]),
+                      ["a", "b"], words)  # x y | z z z y | <unk> z
+    counts = Counter(words[i] for i in train.tokens.tolist())
+    assert counts == {"z": 4, "y": 2, "x": 1, "<unk>": 1}  # w: only in held-out text
     vocabulary = build_vocabulary(train, min_freq=1)
-    assert vocabulary.words == ["<pad>", "<unk>", "x", "y", "z"]  # most frequent first; a literal <unk> is <unk>
-    assert [counts[w] for w in vocabulary.words[2:]] == sorted((counts[w] for w in vocabulary.words[2:]), reverse=True)
-    assert build_vocabulary(train, min_freq=2).words == ["<pad>", "<unk>", "x", "y"]
+    assert vocabulary.words == ["<pad>", "<unk>", "z", "y", "x"]  # most frequent first; a literal <unk> is <unk>
+    assert build_vocabulary(train, min_freq=2).words == ["<pad>", "<unk>", "z", "y"]
     held_out = TextLines(torch.tensor([4, 2, 0]), torch.tensor([0, 3]), torch.tensor([1]), ["a", "b"], words)
-    assert build_vocabulary(train, min_freq=2).encode(held_out).tolist() == [UNK_INDEX, UNK_INDEX, 2]
+    assert build_vocabulary(train, min_freq=2).encode(held_out).tolist() == [UNK_INDEX, 2, UNK_INDEX]
+    assert vocabulary.encode(train).tolist() == [4, 3, 2, 2, 2, 3, UNK_INDEX, 2]
 
 
 def test_build_data_takes_the_vocabulary_from_the_sentences_it_trains_on(tmp_path: Path) -> None:

@@ -142,3 +142,20 @@ def small_recipe(tmp_path: Path, recipe: Path) -> Path:
     path = tmp_path / recipe.name
     path.write_text(yaml.safe_dump(text))
     return path
+
+
+def test_a_resume_over_changed_files_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Files edited after the checkpoint: the rebuilt vocabulary is another one, and the resume says so."""
+    from harness.train import main
+
+    write_fake_mr(tmp_path / "data", n_per_class=40)
+    args = [*overrides(tmp_path, CNN), "trainer.epochs=1", "scheduler.name=none"]  # so that epochs may grow
+    assert main([str(CNN), *args]) == 0
+    (run_dir,) = (tmp_path / "runs" / "mr_cnn").iterdir()
+    neg = tmp_path / "data" / "rt-polaritydata" / "rt-polarity.neg"
+    neg.write_bytes(neg.read_bytes().replace(b"film", b"flick"))  # a word renamed: the same number of words
+    capsys.readouterr()
+    assert main([str(run_dir / "config.yaml"), "trainer.epochs=2", "--resume",
+                 str(run_dir / "checkpoints" / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "vocabulary mismatch" in err, err

@@ -126,6 +126,7 @@ class Run:
         trainer, data = parts.trainer, parts.data
         if resumed is not None:
             assert self.resume is not None
+            # Text: the file(s) may have changed on disk since the checkpoint, and the ids with them.
             check_vocabulary(resumed, data.vocabulary, self.resume)
         if self.verbose:
             print(f"# resolved recipe{f' ({self.recipe_path})' if self.recipe_path else ''}\n{dump_yaml(recipe)}",
