@@ -62,6 +62,47 @@ def test_evaluate_scores_the_test_sentences(trained: dict, capsys: pytest.Captur
     assert report["accuracy"] == pytest.approx(trained["summary"]["test"]["acc"])
 
 
+def test_evaluate_gives_a_classifier_s_full_report_on_sentences(trained: dict) -> None:
+    """The report of a classifier, checked against each test sentence scored alone (no padding at all) and
+    against scikit-learn / torchmetrics: intervals, calibration, AUROC, the predictions CSV; no grid of
+    confident mistakes (the inputs are token ids, not pictures), and the report says why."""
+    import csv
+
+    import sklearn.metrics as skm
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    from harness.workflows.evaluation import evaluate
+
+    recipe = load_recipe(CNN, trained["args"])
+    report = evaluate(recipe, trained["best"], "test", write=True, verbose=False)
+    one_by_one = build_data(recipe.data.model_copy(update={"eval_batch_size": 1}), torch.device("cpu"),
+                            recipe.trainer.seed)
+    state = read_checkpoint(trained["best"])
+    model = build_model(recipe.model, vocab_size=len(state["extra"]["vocabulary"]))
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        probs = torch.cat([model.eval()(tokens).double().softmax(1) for tokens, _ in one_by_one.test]).numpy()
+    y = torch.cat([target for _, target in one_by_one.test]).numpy()
+    assert report["accuracy"] == pytest.approx((probs.argmax(1) == y).mean())
+    assert report["auroc"] == pytest.approx(skm.roc_auc_score(y, probs[:, 1]), abs=1e-9)
+    assert report["ece"] == pytest.approx(MulticlassCalibrationError(num_classes=2, n_bins=15, norm="l1")(
+        torch.from_numpy(probs), torch.from_numpy(y)).item(), abs=1e-6)
+    low, high = report["intervals"]["accuracy"]
+    assert low < report["accuracy"] < high
+    for name in ("f1_macro", "ece", "auroc", "average_precision"):
+        assert len(report["intervals"][name]) == 2, name
+    assert report["mistakes"] == {"shown": [], "skipped": "the inputs are not images: token ids, sentences of their "
+                                                          "own lengths"}
+    files = report["files"]
+    assert Path(files["reliability_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(files["predictions_csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == list(range(16)) and [int(r["target"]) for r in rows] == y.tolist()
+    assert [int(r["prediction"]) for r in rows] == probs.argmax(1).tolist()
+    assert [float(r["probability"]) for r in rows] == pytest.approx(probs.max(1).tolist(), abs=1e-6)
+    assert {r["target_name"] for r in rows} <= {"neg", "pos"}
+
+
 def test_a_checkpoint_meeting_another_vocabulary_is_refused(trained: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from harness.evaluate import main
 
@@ -159,3 +200,4 @@ def test_a_resume_over_changed_files_is_refused(tmp_path: Path, capsys: pytest.C
                  str(run_dir / "checkpoints" / "last.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "vocabulary mismatch" in err, err
+

@@ -51,8 +51,9 @@ class Predictions:
     index: Tensor  # (N,) int64: position in the split (0..N-1 for a whole split)
     target: Tensor  # (N,) int64
     probs: Tensor  # (N, C) float64: class probabilities
-    input_shape: tuple[int, ...]  # one sample's input shape, e.g. (1, 28, 28) or (30,)
+    input_shape: tuple[int, ...]  # one sample's input shape, e.g. (1, 28, 28) or (30,); token ids: the last batch's
     mistakes: ConfidentMistakes | None  # None unless the inputs are images (C, H, W)
+    token_ids: bool = False  # the inputs were integer ids (B, L), L the padded length of each batch (sentences)
 
 
 class PredictionRecorder(Trainer):
@@ -70,6 +71,7 @@ class PredictionRecorder(Trainer):
         self._probs: list[Tensor] = []
         self._pairs: list[Tensor] = []  # (n, 2): position in the split, target
         self._input_shape: tuple[int, ...] = ()
+        self._token_ids = False
         self._mistakes: ConfidentMistakes | None = None
         self._seen = 0  # this rank's samples so far, from shapes (no sync)
 
@@ -89,6 +91,7 @@ class PredictionRecorder(Trainer):
         self._probs.append(probs)
         self._pairs.append(torch.stack([index, target], dim=1))
         self._input_shape = tuple(inputs.shape[1:])
+        self._token_ids = not inputs.is_floating_point()  # images and features arrive as floats, normalised
         if inputs.ndim == 4 and self.keep_mistakes > 0:
             batch = _most_confident_mistakes(inputs, probs, target, index, self.keep_mistakes)
             kept = batch if self._mistakes is None else _concat(self._mistakes, batch)
@@ -97,7 +100,7 @@ class PredictionRecorder(Trainer):
     def predictions(self) -> Predictions:
         """The last validation pass, sample by sample, in split order. A collective under
         torch.distributed: every rank must call it (each gets every rank's rows)."""
-        num_classes, input_shape = self._shapes()
+        num_classes, input_shape, token_ids = self._shapes()
         probs = gather_rows(torch.cat(self._probs) if self._probs
                             else torch.zeros(0, num_classes, dtype=torch.float64, device=self.device))
         pairs = gather_rows(torch.cat(self._pairs) if self._pairs
@@ -114,16 +117,17 @@ class PredictionRecorder(Trainer):
             # note: a host sync, once per pass. Slots that correct predictions filled while fewer than k
             # mistakes had been seen score -1: dropped here.
             mistakes = mistakes.select(mistakes.confidence >= 0)
-        return Predictions(pairs[order, 0], pairs[order, 1], probs[order], input_shape, mistakes)
+        return Predictions(pairs[order, 0], pairs[order, 1], probs[order], input_shape, mistakes, token_ids)
 
-    def _shapes(self) -> tuple[int, tuple[int, ...]]:
-        """(classes, one sample's input shape) of the pass. Under torch.distributed a rank that scored no
-        batch (fewer samples than ranks) knows neither: it takes those of a rank that did, so that every
-        rank joins the same gathers with rows of one width (a collective, once per pass)."""
-        mine = (self._probs[0].shape[1], self._input_shape) if self._probs else None
+    def _shapes(self) -> tuple[int, tuple[int, ...], bool]:
+        """(classes, one sample's input shape, whether the inputs are token ids) of the pass. Under
+        torch.distributed a rank that scored no batch (fewer samples than ranks) knows none of them: it takes
+        those of a rank that did, so that every rank joins the same gathers with rows of one width (a
+        collective, once per pass)."""
+        mine = (self._probs[0].shape[1], self._input_shape, self._token_ids) if self._probs else None
         if current().world_size == 1:
-            return mine or (0, ())
-        return next((shapes for shapes in all_gather_states(mine) if shapes is not None), (0, ()))
+            return mine or (0, (), False)
+        return next((shapes for shapes in all_gather_states(mine) if shapes is not None), (0, (), False))
 
 
 def _most_confident_mistakes(inputs: Tensor, probs: Tensor, target: Tensor, index: Tensor,

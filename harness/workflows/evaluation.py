@@ -197,7 +197,8 @@ def reliability_bins(recipe: Recipe) -> int:
 def mistakes_entry(kept: Predictions) -> dict[str, Any]:
     """What the report says about the confident mistakes: which samples are shown, or why none are."""
     if kept.mistakes is None:
-        return {"shown": [], "skipped": f"the inputs are not images: {_shape(kept.input_shape)} a sample"}
+        what = "token ids, sentences of their own lengths" if kept.token_ids else f"{_shape(kept.input_shape)} a sample"
+        return {"shown": [], "skipped": f"the inputs are not images: {what}"}
     m = kept.mistakes
     return {"shown": [{"index": i, "target": t, "predicted": p, "probability": c} for i, t, p, c in zip(
         m.index.tolist(), m.target.tolist(), m.predicted.tolist(), m.confidence.tolist(), strict=True)]}
