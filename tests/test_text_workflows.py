@@ -201,3 +201,46 @@ def test_a_resume_over_changed_files_is_refused(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "vocabulary mismatch" in err, err
 
+
+def test_two_ranks_score_the_validation_sentences_as_one_process_does(tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks: each pads its own batches (to its own longest sentence), yet the run's final
+    validation figures, summed over the ranks, equal one process scoring the same checkpoint with every
+    sentence in one batch padded to the longest of all. Any padding that leaked into a sentence's logits,
+    or a sentence counted twice or missed, would show in the confusion matrix or the loss. The transformer:
+    padding would reach its logits through attention and pooling (the CNN's zero pad vectors rarely win
+    its max, so a leak there can go unseen; tests/test_text_models.py checks its mask directly)."""
+    from hang_guard import HANG_GUARD_S
+    from test_distributed import torchrun
+
+    from harness.core.trainer import Trainer
+    from harness.recipe.build import build_loss, build_metrics
+
+    write_fake_mr(tmp_path / "data", n_per_class=60)  # 120 sentences: 108 train (21 validate), 12 test
+    args = [a for a in overrides(tmp_path, TRANSFORMER) if not a.startswith(("trainer.epochs", "data.val_size"))]
+    args += ["trainer.epochs=2", "data.val_size=21", "data.eval_batch_size=4", "metrics.cm.type=confusion_matrix"]
+    proc = torchrun(2, str(TRANSFORMER), *args, data_root=tmp_path / "data")
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("test: loss") == 1  # rank 0 alone reports
+    (run,) = (tmp_path / "runs" / "mr_transformer").iterdir()  # one run folder for both ranks
+    final = json.loads((run / "summary.json").read_text())["final"]
+
+    recipe = load_recipe(TRANSFORMER, args)
+    whole = build_data(recipe.data.model_copy(update={"eval_batch_size": 1000}), torch.device("cpu"),
+                       recipe.trainer.seed)
+    shards = [build_data(recipe.data, torch.device("cpu"), recipe.trainer.seed, rank=r, world_size=2).val
+              for r in (0, 1)]
+    (tokens, _), = list(whole.val)  # all 21 validation sentences in one batch, padded to the longest of all
+    assert tokens.shape == (21, int((tokens != 0).sum(1).max()))
+    padded_to = [batch.shape[1] for shard in shards for batch, _ in shard]
+    assert min(padded_to) < max(padded_to) == tokens.shape[1]  # the ranks' batches: lengths of their own
+    state = read_checkpoint(run / "checkpoints" / "last.pt")  # saved after the last validation
+    assert state["extra"]["vocabulary"] == whole.vocabulary  # both ranks built the one-process vocabulary
+    model = build_model(recipe.model, vocab_size=len(whole.vocabulary))
+    model.load_state_dict(state["model"])
+    scorer = Trainer(model, None, build_loss(recipe.loss), build_metrics(recipe.metrics, whole.num_classes),
+                     device="cpu", progress=False)
+    single = scorer.validate(whole.val)
+    assert final["val/cm"] == single["val/cm"] and sum(map(sum, final["val/cm"])) == 21
+    assert final["val/acc"] == single["val/acc"]
+    assert final["val/loss"] == pytest.approx(single["val/loss"], rel=1e-6)
