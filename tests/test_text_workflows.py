@@ -113,6 +113,22 @@ def test_a_checkpoint_meeting_another_vocabulary_is_refused(trained: dict, capsy
     assert "vocabulary mismatch: the model was trained with" in err and "min_freq" in err, err
 
 
+
+def test_a_classifier_s_words_are_no_text_to_sample(trained: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """The vocabulary travels as a GPT's does, but a word list is a classifier's: harness.sample and
+    logging.sample refuse it in one line instead of decoding ids as characters."""
+    from harness.sample import main as sample_main
+    from harness.train import main as train_main
+
+    capsys.readouterr()
+    assert sample_main([str(CNN), "--checkpoint", str(trained["best"]), *trained["args"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a vocabulary of" in err and "words (a classifier's)" in err, err
+    assert train_main([str(CNN), *trained["args"], "logging.tensorboard=true", "logging.sample={tokens: 5}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "logging.sample generates text: data.name=text_lines is not a text" in err, err
+    assert [p.name for p in trained["run_dir"].parent.iterdir()] == [trained["run_dir"].name]  # no run folder left
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "state_dict"])
 def test_export_round_trips_token_ids_of_any_length(trained: dict, fmt: str, tmp_path: Path) -> None:
     from harness.export import main
