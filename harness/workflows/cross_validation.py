@@ -51,8 +51,8 @@ from harness.data import TENSOR_SPLITS, TextLines, dataset_targets
 from harness.data.folds import fold_splits, stratified_folds
 from harness.errors import HarnessError
 from harness.metrics.report import format_table, mean_std
-from harness.recipe.build import check_monitors, epochs_to_run, model_class
-from harness.recipe.data import is_loader, load_data_source
+from harness.recipe.build import build_model, check_monitors, epochs_to_run, model_class
+from harness.recipe.data import TOKEN_SOURCES, is_loader, load_data_source
 from harness.recipe.parts import build_training, setup
 from harness.recipe.run_folder import CONFIG, check_run_parent, command_folder, write_config, write_json
 from harness.recipe.schema import Recipe, dump_yaml
@@ -95,7 +95,10 @@ def cross_validate(recipe: Recipe, folds: int, recipe_path: str | Path | None = 
     elif not t.fast_dev_run:
         check_run_parent(recipe, recipe_path, "cv")  # the folder itself is made once the folds are known
     env = setup(recipe)
-    model_class(recipe.model)  # a bad model name fails before the data is read
+    if recipe.data.name in TOKEN_SOURCES:  # the vocabulary of each fold sizes the model: its name only, for now
+        model_class(recipe.model)
+    else:
+        build_model(recipe.model)  # a bad model name or model.args fails before the data is read
     # The training split exactly as build_data sees it (data.classes applied, any source), so the
     # fold indices index the same samples.
     full = load_data_source(recipe.data).train
