@@ -173,6 +173,17 @@ def test_cv_train_size_larger_than_a_fold_fails_before_the_folder(tmp_path: Path
     assert not (tmp_path / "runs").exists()
 
 
+
+def test_cv_refuses_bad_model_args_before_reading_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An image recipe's model is built before the data is read (only a text model waits for its fold's
+    vocabulary): bad model.args are the one line, not the data folder that does not exist."""
+    from harness.cv import main
+
+    assert main([str(REPO / "recipes/mnist_mlp.yaml"), f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+                 "model.args.no_such_arg=1", f"logging.root={tmp_path / 'runs'}", "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.args for mlp") and err.count("\n") == 1 and "no_such_arg" in err, err
+
 def test_cv_interrupted_writes_the_finished_folds_and_says_how_to_finish(tmp_path: Path, fake_mnist: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     import shlex
