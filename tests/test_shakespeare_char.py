@@ -124,7 +124,7 @@ def test_bad_text_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert train_main(["recipes/mnist_mlp.yaml", "logging.sample={prompt: 'a'}", f"data.root={tmp_path / 'none'}",
                        f"logging.root={tmp_path / 'runs'}"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["error: logging.sample generates text: data.name=mnist is not text (text_chars)"]
+    assert lines == ["error: logging.sample generates text: data.name=mnist is not a text to continue (text_chars)"]
     from harness.cv import main as cv_main
 
     assert cv_main([RECIPE, *TINY, f"data.root={tmp_path / 'data'}", "data.path=words.txt",

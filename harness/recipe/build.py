@@ -366,7 +366,8 @@ def check_sample(recipe: Recipe, model: nn.Module | type[nn.Module]) -> None:
     if recipe.logging.sample is None:
         return
     if recipe.data.name != TEXT_CHARS:
-        raise HarnessError(f"logging.sample generates text: data.name={recipe.data.name} is not text ({TEXT_CHARS})")
+        raise HarnessError(f"logging.sample generates text: data.name={recipe.data.name} is not a text to continue "
+                           f"({TEXT_CHARS})")
     if not (isinstance(model, nn.Module) or isinstance(model, type)):  # a factory: its model is checked once built
         return
     if not callable(getattr(model, "generate", None)):
