@@ -153,6 +153,51 @@ def scoring_with_an_idle_rank(rank: int) -> dict:
             "input_shape": list(kept.input_shape), "mistakes": kept.mistakes.index.tolist()}
 
 
+VOCAB, PAD = 11, -100
+
+
+def token_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """4 micro-batches of 2 sequences for `rank`, each padded to its longest (targets `PAD` past a sequence's
+    end): every batch of both ranks holds another number of real tokens."""
+    lengths = {0: [(8, 8), (2, 1), (5, 5), (8, 3)], 1: [(3, 1), (8, 6), (1, 1), (7, 8)]}[rank]
+    batches = []
+    for index, pair in enumerate(lengths):
+        g = torch.Generator().manual_seed(10 * rank + index)
+        width = max(pair)
+        x, y = torch.randint(0, VOCAB, (2, width), generator=g), torch.randint(0, VOCAB, (2, width), generator=g)
+        for row, length in enumerate(pair):
+            x[row, length:], y[row, length:] = 0, PAD
+        batches.append((x, y))
+    return batches
+
+
+def token_gpt() -> nn.Module:
+    from models.gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(vocab_size=VOCAB, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def token_padding(rank: int) -> dict:
+    """Two optimizer steps of 2 accumulated micro-batches per rank, padded differently on each rank and batch,
+    under DDP and FSDP: the parameters after them (SGD), for the test to compare with one process."""
+    from harness.core.fsdp import shard_model
+    from harness.metrics import TokenCrossEntropyLoss
+
+    result = {}
+    for strategy in ("ddp", "fsdp"):
+        model = token_gpt()
+        if strategy == "fsdp":
+            shard_model(model, list(model.blocks))
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), TokenCrossEntropyLoss(), device="cpu",
+                          strategy=strategy, accumulate_grad_batches=2, progress=False, loggers=[])
+        history = trainer.fit(token_batches(rank), epochs=1)
+        params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        result[strategy] = {"params": [p.detach().clone() for p in params], "steps": trainer.global_step,
+                            "train_loss": history[-1]["train/loss"]}
+    return result
+
+
 def compiled_validation(rank: int) -> dict:
     """trainer.compile under DDP: validation runs a compiled bare module too (Dynamo's eager backend here:
     the check is that validation goes through Dynamo, not what Inductor makes of it)."""
@@ -182,6 +227,7 @@ def main() -> None:
     record_collective_devices()
     result = {"rank": info.rank, "runs": runs(out, data_root), "rank_streams": rank_streams(data_root),
               "nan_skips": nan_skips(info.rank), "accumulation": accumulation(info.rank),
+              "token_padding": token_padding(info.rank),
               "compiled_validation": compiled_validation(info.rank),
               "scoring_with_an_idle_rank": scoring_with_an_idle_rank(info.rank)}
     result["collective_devices"] = sorted(set(seen_devices))

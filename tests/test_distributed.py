@@ -249,6 +249,37 @@ def test_accumulation_under_ddp_all_reduces_once_a_step_and_equals_one_big_batch
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_ranks_with_different_padding_train_on_the_mean_over_every_token(two_ranks: dict) -> None:
+    """Each step: 2 micro-batches on each of 2 ranks, with other numbers of real tokens in each. The update
+    is one process's SGD step on the summed token losses of all four divided by their tokens, under DDP and
+    FSDP alike, and train/loss is the token-weighted mean."""
+    import torch.nn.functional as F
+    from rank_scenarios import PAD, VOCAB, token_batches, token_gpt
+
+    model = token_gpt()
+    batches = [token_batches(0), token_batches(1)]
+    nll_total, tokens_total = 0.0, 0
+    for step in (0, 1):
+        group = [b for rank in batches for b in rank[2 * step: 2 * step + 2]]
+        sums = [F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1), ignore_index=PAD, reduction="sum")
+                for x, y in group]
+        tokens = sum(int((y != PAD).sum()) for _, y in group)
+        nll_total, tokens_total = nll_total + float(sum(sums).detach()), tokens_total + tokens
+        (sum(sums) / tokens).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+                p.grad = None
+    expected = [p.detach() for p in model.parameters()]
+    for rank in two_ranks["ranks"]:
+        for strategy in ("ddp", "fsdp"):
+            got = rank["token_padding"][strategy]
+            assert got["steps"] == 2
+            for a, b in zip(got["params"], expected, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            assert got["train_loss"] == pytest.approx(nll_total / tokens_total, rel=1e-6)
+
+
 def test_every_tensor_given_to_a_collective_is_on_the_trainers_device(two_ranks: dict) -> None:
     for rank in two_ranks["ranks"]:
         devices = rank["collective_devices"]

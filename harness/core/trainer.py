@@ -219,9 +219,9 @@ class Trainer:
         self.epoch = 0  # epochs completed (step-based training: validation intervals completed)
         self.global_step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only mid-epoch)
-        # Loss sum and sample count of those batches: after a mid-epoch resume the epoch's train/loss
-        # still averages the whole epoch, not just the batches after the resume.
-        self.partial_epoch = {"loss_sum": 0.0, "samples": 0}
+        # Loss sum, its weight (samples, or counted tokens) and sample count of those batches: after a
+        # mid-epoch resume the epoch's train/loss still averages the whole epoch, not just the batches after it.
+        self.partial_epoch = {"loss_sum": 0.0, "weight": 0.0, "samples": 0}
         self.history: list[dict[str, float]] = []
         self.should_stop = False  # a hook or callback sets it to end `fit` after this epoch
         self.nonfinite_skipped = 0
@@ -350,16 +350,16 @@ class Trainer:
                             self.progress)
         # One slot per batch: the loss stays on the device (no sync); NaN is located at the next check.
         step_losses = torch.zeros(total - start if total is not None else 0, device=self.device)
+        step_weights = torch.zeros_like(step_losses)  # what each loss averages: samples, or counted tokens
         sizes: list[int] = []
         group_loss: Tensor | None = None  # sum of the losses of the current accumulation group
         checked, started, distributed = 0, time.perf_counter(), is_distributed()
-        for i, batch in enumerate(bar, start=start):
-            batch = self.to_device(batch)
+        for i, batch, divisor, weight in self._micro_batches(bar, start, total):
             step_ends = (i + 1) % self.accumulate_grad_batches == 0 or i + 1 == total
             # Reduce the gradients once, at the group's last batch: DDP's no_sync, FSDP's gradient sync switch.
             set_gradient_sync(self.model, step_ends)  # a sharded model's; a no-op for any other
             with gradient_sync(self.model, step_ends):  # DDP's; a no-op for any other
-                loss = self._forward_backward(batch, i, total)
+                loss = self._forward_backward(batch, divisor)
             # "skip" must judge the whole group: one non-finite batch poisons the summed gradients
             # even when the group's last loss is finite.
             group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
@@ -368,6 +368,7 @@ class Trainer:
                 group_loss = None
             slot = i - start
             step_losses = _record(step_losses, slot, loss)
+            step_weights = _record(step_weights, slot, weight)
             sizes.append(batch_size_of(batch))
             self.batch_in_epoch = i + 1
             self._call_batch_end(i, loss)
@@ -382,18 +383,60 @@ class Trainer:
             if self._signal is not None and not distributed and step_ends:
                 break
         self._check_finite(step_losses, checked, len(sizes), start)
-        train_loss = self._epoch_loss(step_losses, sizes)
+        train_loss = self._epoch_loss(step_losses, step_weights, sizes)
         bar.close(f"train/loss {train_loss:.4f}")
         return {"train/loss": train_loss}
 
-    def _forward_backward(self, batch: Any, batch_idx: int, total: int | None) -> Tensor:
+    def _micro_batches(self, batches: Iterable[Any], start: int, total: int | None
+                       ) -> Iterator[tuple[int, Any, Tensor | int, Tensor | int]]:
+        """(index, batch on the device, what its mean loss is divided by, its weight in train/loss).
+
+        Samples: streamed one by one; the divisor is the accumulation group's size (N batches of B give
+        the gradient of one batch of N*B), the weight the batch's samples. Token targets (`_token_count`):
+        the group's batches are fetched and their tokens counted first, and each mean loss is divided by
+        (the group's tokens on all ranks) / (its tokens * world size): summed over the group and averaged
+        over the ranks by DDP / FSDP, the gradient is the mean over every token, wherever the padding
+        falls (Hugging Face's `num_items_in_batch`). The counts stay on the device: no host sync, one
+        scalar all-reduced per step under torchrun. Equal counts everywhere give divisors of exactly the
+        group's size, so the same bits as without counting; the weight is the batch's counted tokens."""
+        n, batches, i = self.accumulate_grad_batches, iter(batches), start
+        for first in batches:
+            first = self.to_device(first)
+            group_end = (i // n + 1) * n if total is None else min((i // n + 1) * n, total)
+            tokens = self._token_count(first)
+            if tokens is None:
+                yield i, first, group_end - (i // n) * n, batch_size_of(first)
+                i += 1
+                continue
+            group = [first, *(self.to_device(b) for b in islice(batches, group_end - i - 1))]
+            counts = torch.stack([tokens, *(self._token_count(b) for b in group[1:])])
+            divisors = _token_divisors(counts)
+            for j, batch in enumerate(group):
+                yield i + j, batch, divisors[j], counts[j]
+            i += len(group)
+
+    def _token_count(self, batch: Any) -> Tensor | None:
+        """The counted tokens of an `(inputs, targets)` batch whose targets are token ids (integers, 2+
+        dimensions) under a mean loss with an `ignore_index` and no class weights (its mean divides by
+        this count); None for anything else (classification: its samples)."""
+        loss = self.loss_fn
+        ignore = getattr(loss, "ignore_index", None)
+        if not isinstance(ignore, int) or getattr(loss, "weight", None) is not None \
+                or getattr(loss, "reduction", "mean") != "mean":
+            return None
+        target = batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+        if not isinstance(target, Tensor) or target.is_floating_point() or target.ndim < 2:
+            return None
+        return (target != ignore).sum()
+
+    def _forward_backward(self, batch: Any, divisor: Tensor | int) -> Tensor:
         """`training_step` under autocast, then backward. The first batch of a `throughput` fit is run
         under a FLOP counter, once: what one sample costs to train (forward and backward)."""
         counter = flop_counter() if self.throughput and self.flops_per_sample is None else None
         with counter or contextlib.nullcontext():
             with self.autocast():
                 loss = self.training_step(batch)
-            self._backward(loss, batch_idx, total)
+            self._backward(loss, divisor)
         if counter is not None:
             self.flops_per_sample = counter.get_total_flops() / batch_size_of(batch)
         return loss
@@ -425,13 +468,15 @@ class Trainer:
         assert self.max_steps is not None and self.val_every_n_steps is not None
         return min((self.epoch + 1) * self.val_every_n_steps, self.max_steps)
 
-    def _backward(self, loss: Tensor, batch_idx: int, total: int | None) -> None:
-        """Gradients of a group of N batches must equal one batch N times larger: divide by the
-        group's size (the last group of an epoch may be shorter), then backward (AMP-scaled for fp16)."""
-        n = self.accumulate_grad_batches
-        group = n if total is None else min(n, total - (batch_idx // n) * n)
-        scaled = loss / group if group > 1 else loss
+    def _backward(self, loss: Tensor, divisor: Tensor | int) -> Tensor:
+        """Backward of the loss divided by `divisor` (`_micro_batches`: the group's size, or its share of
+        the group's tokens), AMP-scaled for fp16; returns the divided loss, detached."""
+        if isinstance(divisor, Tensor):
+            scaled = loss / divisor.to(loss.dtype)
+        else:
+            scaled = loss / divisor if divisor > 1 else loss
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return scaled.detach()
 
     def _agree_on_signal(self) -> bool:
         """Under torchrun all ranks must stop after the same step (or DDP's next all-reduce waits
@@ -441,23 +486,27 @@ class Trainer:
             return True
         return False
 
-    def _epoch_loss(self, step_losses: Tensor, sizes: list[int]) -> float:
-        """The epoch's mean loss over samples, summed over ranks (a no-op in one process), including the
-        batches done before a mid-epoch resume; keeps the partial sums when a signal cut the epoch short."""
-        weights = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
-        totals = torch.stack([(step_losses[: len(sizes)] * weights).sum().double(),
+    def _epoch_loss(self, step_losses: Tensor, step_weights: Tensor, sizes: list[int]) -> float:
+        """The epoch's mean loss over what the losses average (samples, or counted tokens: validation's
+        weighting), summed over ranks (a no-op in one process), including the batches done before a
+        mid-epoch resume; keeps the partial sums when a signal cut the epoch short."""
+        done = len(sizes)
+        totals = torch.stack([(step_losses[:done] * step_weights[:done]).sum().double(),
+                              step_weights[:done].double().sum(),
                               torch.tensor(float(sum(sizes)), dtype=torch.float64, device=self.device)])
         all_reduce_sum(totals)
-        samples = int(totals[1])
-        loss_sum = float(totals[0]) + self.partial_epoch["loss_sum"]
-        seen = samples + self.partial_epoch["samples"]
+        samples = int(totals[2])
+        partial = self.partial_epoch
+        loss_sum = float(totals[0]) + partial["loss_sum"]
+        weight = float(totals[1]) + partial.get("weight", partial["samples"])  # older checkpoints: samples
+        seen = samples + partial["samples"]
         if self._signal is None:
             self.batch_in_epoch = 0
-            self.partial_epoch = {"loss_sum": 0.0, "samples": 0}
+            self.partial_epoch = {"loss_sum": 0.0, "weight": 0.0, "samples": 0}
         else:  # kept for the resume, with the epoch's starting lr
-            self.partial_epoch = {**self.partial_epoch, "loss_sum": loss_sum, "samples": seen}
+            self.partial_epoch = {**partial, "loss_sum": loss_sum, "weight": weight, "samples": seen}
         self.last_epoch_samples = samples
-        return loss_sum / max(seen, 1)
+        return loss_sum / max(weight, 1)
 
     def _optimizer_step(self, loss: Tensor) -> None:
         # A host sync, only in "skip" mode; under torchrun one all-reduce too: DDP has averaged one rank's
@@ -506,20 +555,22 @@ class Trainer:
     def train_step(self, batch: Any, *more: Any) -> Tensor:
         """One optimizer step on one batch, or on a group of batches (all already on the device), outside `fit`.
 
-        `training_step` under autocast for each batch, backward of its loss divided by the group's size
-        (so N batches of B give the gradient of one batch of N·B, as `accumulate_grad_batches` does in
-        `fit`; loss-scaled for fp16), then the optimizer step (through the scaler for fp16) and `zero_grad`.
-        No clipping, schedule or step count: for tools that drive the learning rate themselves
-        (`find_lr`). Returns the group's mean loss, on the device.
+        `training_step` under autocast for each batch, backward of its loss divided as `fit` divides an
+        accumulation group's (by the group's size, so N batches of B give the gradient of one batch of N·B;
+        token targets: by their share of the group's tokens; loss-scaled for fp16), then the optimizer step
+        (through the scaler for fp16) and `zero_grad`. No clipping, schedule or step count: for tools that
+        drive the learning rate themselves (`find_lr`). Returns the group's mean loss (per sample or token),
+        on the device.
         """
         batches = (batch, *more)
+        counts = [self._token_count(one) for one in batches]
+        divisors = _token_divisors(torch.stack(counts)) if None not in counts else [len(batches)] * len(batches)
         total: Tensor | None = None
-        for one in batches:
+        for one, divisor in zip(batches, divisors, strict=True):
             with self.autocast():
                 loss = self.training_step(one)
-            scaled = loss / len(batches) if len(batches) > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            total = scaled.detach() if total is None else total + scaled.detach()
+            share = self._backward(loss, divisor)
+            total = share if total is None else total + share
         self._step_and_zero_grad()
         return total
 
@@ -713,7 +764,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.batch_in_epoch = state.get("batch_in_epoch", 0)
-        self.partial_epoch = dict(state.get("partial_epoch") or {"loss_sum": 0.0, "samples": 0})
+        self.partial_epoch = dict(state.get("partial_epoch") or {"loss_sum": 0.0, "weight": 0.0, "samples": 0})
         self.history = list(state["history"])
 
     def load_weights(self, state: dict[str, Any], source: str = "checkpoint") -> None:
@@ -841,12 +892,18 @@ class Trainer:
                 signal.signal(s, handler)
 
 
-def _record(step_losses: Tensor, slot: int, loss: Tensor) -> Tensor:
-    """Store a step's loss on the device (no sync), growing the buffer for data of unknown length."""
-    if slot >= step_losses.numel():
-        step_losses = torch.cat([step_losses, torch.zeros(max(64, slot), device=step_losses.device)])
-    step_losses[slot] = loss.detach()
-    return step_losses
+def _record(buffer: Tensor, slot: int, value: Tensor | int) -> Tensor:
+    """Store a step's loss (or weight) on the device (no sync), growing the buffer for data of unknown length."""
+    if slot >= buffer.numel():
+        buffer = torch.cat([buffer, torch.zeros(max(64, slot), device=buffer.device)])
+    buffer[slot] = value.detach() if isinstance(value, Tensor) else value
+    return buffer
+
+
+def _token_divisors(counts: Tensor) -> Tensor:
+    """What each micro-batch's mean token loss is divided by: (the group's tokens summed over ranks) /
+    (its tokens * world size). One all-reduce of one scalar under torchrun, none otherwise; on the device."""
+    return all_reduce_sum(counts.sum()).double() / (counts.double() * current().world_size)
 
 
 def epoch_line(logs: Mapping[str, Any], total: int) -> str:
