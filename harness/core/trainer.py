@@ -86,7 +86,8 @@ class Trainer:
         log_dir: folder for TensorBoard events and `history.jsonl`; None logs nothing to disk.
         scheduler: an LR scheduler, stepped every optimizer step (`scheduler_interval="step"`) or epoch.
         precision: "32", "bf16" (autocast; CPU or CUDA) or "16" (autocast + GradScaler; CUDA only).
-        accumulate_grad_batches: optimizer step every N batches, gradients averaged over them.
+        accumulate_grad_batches: optimizer step every N batches, gradients averaged over them (over their
+            samples; with token targets over their real tokens on all ranks: `_micro_batches`).
         grad_clip_norm / grad_clip_value: clip gradients by total norm / by value before each step.
         on_nonfinite: "halt" (stop with NonFiniteLossError, checked at each progress refresh and epoch
             end, no per-step sync) or "skip" (drop that step's update; one host sync per step).
@@ -339,7 +340,7 @@ class Trainer:
 
     def train_epoch(self, train_data: Iterable[Any]) -> dict[str, float]:
         """One pass over the training data (step-based: one interval's batches); returns
-        {"train/loss": mean over samples}."""
+        {"train/loss": mean over samples, or over the real tokens of token targets}."""
         self.model.train()
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(self.epoch)  # the epoch's order depends on (seed, epoch) only: exact resume
