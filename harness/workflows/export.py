@@ -20,6 +20,12 @@ sentences, the vocabulary that turns words into token ids, and the class names i
 ONNX `metadata_props`, TorchScript `_extra_files["harness_export.json"]`, and for
 state_dict a sidecar `<output>.json`.
 
+A character-level language model (`data.name: text_chars`) takes int64 character ids of shape
+(batch, sequence), both dimensions dynamic, the sequence at most `data.block_size` long, and gives
+(batch, sequence, vocabulary) logits of the next character; its metadata holds the vocabulary (id i is
+its i-th character) and the block size instead of class names and mean / std. It is checked on real
+windows of the validation text, whole and cut to half their length (the sequence dimension is dynamic).
+
 The weights are those `harness.evaluate` scores (`load_checkpoint_model`): the raw weights, or the EMA average when the
 recipe has `trainer.ema`. Default output: beside the run, `<run>/export/<checkpoint stem>.<ext>`. The output is
 written to a temporary file and renamed into place once it passed the check; it never replaces a directory,
@@ -41,6 +47,7 @@ from torch import nn
 from harness.core.checkpoint import FORMAT, load_file, publish, temporary_beside
 from harness.data.map_style import NormalizeCollate
 from harness.data.tensor_loader import FeatureStandardize, TensorLoader
+from harness.data.text_chars import TEXT_CHARS
 from harness.data.text_lines import PAD_INDEX, TextLoader
 from harness.errors import CheckFailed, HarnessError
 from harness.recipe.build import build_model
@@ -65,11 +72,17 @@ def example_batch(recipe: Recipe, size: int = CHECK_BATCH) -> torch.Tensor:
 
 def _example(recipe: Recipe, size: int) -> tuple[torch.Tensor, Any, Data]:
     """The first `size` test inputs, the loader that made them (its normalisation), the data (class names,
-    vocabulary)."""
+    vocabulary); text_chars: `size` windows of the validation text."""
     data = build_data(recipe.data.model_copy(update={"eval_batch_size": size}), torch.device("cpu"),
                       recipe.trainer.seed)
     inputs, _ = next(iter(data.test))
     return inputs, data.test, data
+
+
+def check_inputs(recipe: Recipe, batch: torch.Tensor) -> list[torch.Tensor]:
+    """What the exported file is checked on: the check batch, and for text the same windows cut to half
+    their length too (the sequence dimension is dynamic: a file fixed to block_size would fail it)."""
+    return [batch, batch[:, : max(1, batch.shape[1] // 2)]] if recipe.data.name == TEXT_CHARS else [batch]
 
 
 def export_metadata(recipe: Recipe, checkpoint: str | Path, epoch: int, weights: str, batch: torch.Tensor,
@@ -79,7 +92,10 @@ def export_metadata(recipe: Recipe, checkpoint: str | Path, epoch: int, weights:
     `mean` / `std` are those of the loader that made the check batch: what the model was trained on.
     A data source whose loaders the harness does not build (an import function's own loader or
     dataset transforms) leaves them None and says so. Sentences carry their `vocabulary` (token id i is
-    word i) instead: the one thing that turns text into the model's input."""
+    word i) instead: the one thing that turns text into the model's input. A character-level language
+    model (`text_chars`): `text_metadata`."""
+    if recipe.data.name == TEXT_CHARS:
+        return text_metadata(recipe, checkpoint, epoch, weights, "".join(classes))
     if isinstance(loader, TextLoader):
         return {
             "input_name": "input",
@@ -125,6 +141,24 @@ def export_metadata(recipe: Recipe, checkpoint: str | Path, epoch: int, weights:
         "output": "one score (logit) per class, in the order of classes",
         "checkpoint": str(checkpoint),
         "epoch": epoch,
+        "weights": weights,
+    }
+
+
+def text_metadata(recipe: Recipe, checkpoint: str | Path, step: int, weights: str, vocabulary: str) -> dict[str, Any]:
+    """A character-level language model's: the vocabulary (id i is `vocabulary[i]`) and the longest sequence."""
+    block_size = recipe.data.block_size
+    return {
+        "input_name": "input",
+        "input_shape": ["batch", "sequence"],
+        "input_dtype": "int64",
+        "preprocessing": f"character ids: id i is the i-th character of vocabulary; sequence <= {block_size}",
+        "vocabulary": vocabulary,
+        "block_size": block_size,
+        "output": "logits of the next character at each position: (batch, sequence, vocabulary size), "
+                  "in the order of vocabulary",
+        "checkpoint": str(checkpoint),
+        "step": step,
         "weights": weights,
     }
 
@@ -182,44 +216,50 @@ def export(recipe: Recipe, checkpoint: str | Path, fmt: str, output: str | Path 
     check_same_data(state, recipe, "test", Path(checkpoint))
     batch, loader, data = _example(recipe, CHECK_BATCH)
     check_vocabulary(state, data.vocabulary, checkpoint)  # the vocabulary written is the one the model was trained with
-    metadata = export_metadata(recipe, checkpoint, state["epoch"], weights, batch, loader, data.classes,
-                               data.vocabulary)
+    text = recipe.data.name == TEXT_CHARS  # a language model: (batch, sequence) in, (batch, sequence, vocab) out
     tokens = isinstance(loader, TextLoader)  # sentences: the length dimension is dynamic too
+    metadata = export_metadata(recipe, checkpoint, state["global_step" if text else "epoch"], weights, batch, loader,
+                               data.classes, data.vocabulary)
+    # Exported with a batch of 2 (sentences: the two shortest, padded to the longer of them), checked with
+    # CHECK_BATCH rows (text: also cut to half their length): the batch and length dimensions must be dynamic.
     exported_with = _shortest_two(batch) if tokens else batch[:2]
+    inputs = check_inputs(recipe, batch)
     tmp = temporary_beside(output)
     try:
-        with torch.no_grad():
-            expected = model(batch)
-            # Exported with a batch of 2 (sentences: the two shortest, padded to the longer of them), checked
-            # with CHECK_BATCH rows padded to their longest: the batch (and length) dimensions must be dynamic.
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.14 marks torch.jit deprecated (for torch.export); it works. The GPT's length check and
+            # positions are Python values to the tracer, which warns; the check on two lengths shows the trace right.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            expected = [model(x) for x in inputs]
             if fmt == "onnx":
-                _export_onnx(model, exported_with, tmp, metadata, tokens)
-                got = _run_onnx(tmp, batch)
+                _export_onnx(model, exported_with, tmp, metadata, text, tokens)
+                got = [_run_onnx(tmp, x) for x in inputs]
             elif fmt == "torchscript":
-                with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated (for torch.export); it works
-                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated",
-                                            category=FutureWarning)
-                    torch.jit.save(torch.jit.trace(model, exported_with), str(tmp),
-                                   _extra_files={METADATA_FILE: json.dumps(metadata)})
-                    got = torch.jit.load(str(tmp), map_location="cpu")(batch)
+                torch.jit.save(torch.jit.trace(model, exported_with), str(tmp),
+                               _extra_files={METADATA_FILE: json.dumps(metadata)})
+                loaded = torch.jit.load(str(tmp), map_location="cpu")
+                got = [loaded(x) for x in inputs]
             else:
                 torch.save(model.state_dict(), tmp)
                 vocab_size = None if data.vocabulary is None else len(data.vocabulary)
                 fresh = build_model(recipe.model, vocab_size=vocab_size)  # a new instance of the recipe's class
                 fresh.load_state_dict(torch.load(tmp, map_location="cpu", weights_only=True))
-                got = fresh.eval()(batch)
-        diff = (got - expected).abs().max().item()
+                got = [fresh.eval()(x) for x in inputs]
+        diff = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
         if not diff <= atol:  # NaN fails too
+            what = f"{batch.shape[0]} validation windows of {batch.shape[1]} and {inputs[-1].shape[1]} characters" \
+                if text else f"{batch.shape[0]} test inputs"
             raise CheckFailed(
                 f"export check failed: the {fmt} file's outputs differ from the PyTorch model's by up to {diff:.3g} "
-                f"on {batch.shape[0]} test inputs (exported with a batch of 2{' shorter sentences' * tokens}), "
-                f"more than --atol {atol:g}; "
+                f"on {what} (exported with a batch of 2{' shorter sentences' * tokens}), more than --atol {atol:g}; "
                 f"nothing written to {output}")
         publish(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
     result = {"format": fmt, "output": str(output), "bytes": output.stat().st_size,
-              "check_batch_size": batch.shape[0], "max_abs_diff": diff, "atol": atol, "metadata": metadata}
+              "check_batch_size": batch.shape[0], "check_lengths": [x.shape[1] for x in inputs] if text else None,
+              "max_abs_diff": diff, "atol": atol, "metadata": metadata}
     if fmt == "state_dict":
         result["metadata_file"] = str(write_json(sidecar_path(output), metadata))
     if verbose:
@@ -231,21 +271,28 @@ def format_export(result: dict[str, Any]) -> str:
     """What was written, how it was checked, and how to feed it."""
     meta = result["metadata"]
     shape = "(" + ", ".join(map(str, meta["input_shape"])) + ")"
-    names = meta["classes"]
-    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
     where = {"onnx": "ONNX metadata_props", "torchscript": f"TorchScript extra file {METADATA_FILE}",
              "state_dict": result.get("metadata_file")}[result["format"]]
+    lengths = result.get("check_lengths")
+    checked = f"{result['check_batch_size']} validation windows of {' and '.join(map(str, lengths))} characters" \
+        if lengths else f"{result['check_batch_size']} test inputs"
     lines = [
         f"wrote {result['output']} ({result['format']}, {result['bytes'] / 1e6:.3f} MB)",
-        f"checked on {result['check_batch_size']} test inputs: max abs difference from the PyTorch model "
+        f"checked on {checked}: max abs difference from the PyTorch model "
         f"{result['max_abs_diff']:.3g} (allowed: --atol {result['atol']:g})",
         f"input '{meta['input_name']}' {shape} {meta['input_dtype']}: {meta['preprocessing']}",
     ]
-    if meta["mean"] is not None:
-        lines.append(f"mean {meta['mean']}, std {meta['std']}")
-    if meta.get("vocabulary") is not None:
-        lines.append(f"vocabulary: {len(meta['vocabulary'])} words, in the metadata under 'vocabulary'")
-    lines.append(f"output: one logit per class, classes {shown}")
+    if "vocabulary" in meta and isinstance(meta["vocabulary"], str):  # a language model's characters
+        shown = meta["vocabulary"][:40] + ("..." if len(meta["vocabulary"]) > 40 else "")
+        lines.append(f"output: {meta['output']}; vocabulary of {len(meta['vocabulary'])} characters {shown!r}")
+    else:
+        if meta["mean"] is not None:
+            lines.append(f"mean {meta['mean']}, std {meta['std']}")
+        if meta.get("vocabulary") is not None:
+            lines.append(f"vocabulary: {len(meta['vocabulary'])} words, in the metadata under 'vocabulary'")
+        names = meta["classes"]
+        shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+        lines.append(f"output: one logit per class, classes {shown}")
     lines.append(f"metadata: {where}")
     return "\n".join(lines)
 
@@ -272,20 +319,22 @@ def _shortest_two(batch: torch.Tensor) -> torch.Tensor:
     return batch[rows, : int(lengths[rows].max())]
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any], text: bool = False,
                  tokens: bool = False) -> None:
     import onnx  # noqa: PLC0415  (optional, as above)
 
-    # The TorchScript-based exporter: fast and enough for these models. torch >= 2.9 defaults to the
-    # dynamo exporter (needs onnxscript; ~40 x slower here) and marks this one deprecated: we chose it
-    # knowingly, so its deprecation warnings are silenced here and only here.
+    # The TorchScript-based exporter: fast and enough for these models (the GPT's causal attention becomes
+    # a mask built from the input's length, so the sequence dimension stays dynamic too). torch >= 2.9
+    # defaults to the dynamo exporter (needs onnxscript; ~40 x slower here) and marks this one deprecated:
+    # we chose it knowingly, so its deprecation warnings are silenced here and only here.
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    # text: (batch, sequence) in and out; sentences: (batch, tokens) in, (batch, classes) out
+    axes = {0: "batch", 1: "sequence"} if text else {0: "batch", 1: "tokens"} if tokens else {0: "batch"}
+    output_axes = axes if text else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch", 1: "tokens"} if tokens else {0: "batch"},
-                                        "output": {0: "batch"}}, opset_version=ONNX_OPSET,
-                          **legacy)
+                          dynamic_axes={"input": axes, "output": output_axes}, opset_version=ONNX_OPSET, **legacy)
     proto = onnx.load(str(path))
     for key, value in metadata.items():  # one entry per key, its value as JSON text ("[0.1307]", "null")
         entry = proto.metadata_props.add()
