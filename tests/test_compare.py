@@ -122,6 +122,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, fake_mnist: Path, extr
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_text_recipe_is_refused_in_one_line_before_anything_trains(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """compare's table and tests count test samples of classes; a text's characters are neither."""
+    from harness.compare import main
+
+    text = str(REPO / "recipes/shakespeare_char.yaml")
+    assert main([text, MLP, "--set", f"logging.root={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: shakespeare_char: data.name=text_chars: harness.compare "
+                                                  "scores classifiers per test sample"), err
+    assert "harness.sweep (e.g. --grid model.args.n_layer=2,4)" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def recipe_copy(tmp_path: Path, source: str, name: str, data: dict[str, object] | None = None,
                 optim: dict[str, object] | None = None) -> str:
     """A copy of a shipped recipe under another name, with some data / optim keys changed."""

@@ -307,3 +307,51 @@ def test_every_trial_of_a_compiled_sweep_is_compiled(tmp_path: Path, fake_mnist:
     per_trial = [after - before for before, after in itertools.pairwise(graphs)]
     assert len(per_trial) == 10 and min(per_trial) >= 2, per_trial  # a training and a validation graph, each trial
     assert not any("recompile_limit" in reason for reason in counters["unimplemented"]), counters["unimplemented"]
+
+
+def text_args(tmp_path: Path, *extra: str) -> list[str]:
+    """The shakespeare_char recipe shrunk to a 2-layer GPT on a few KB of words (tests/test_shakespeare_char.py)."""
+    from test_shakespeare_char import TINY, text_file
+
+    text_file(tmp_path)
+    return [str(REPO / "recipes/shakespeare_char.yaml"), *TINY, "logging.sample=null", "data.path=words.txt",
+            f"data.root={tmp_path / 'data'}", f"logging.root={tmp_path / 'runs'}", *extra]
+
+
+def test_a_text_recipe_is_ranked_by_validation_loss_and_the_chosen_trial_scored_per_token(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.sweep import main
+
+    assert main([*text_args(tmp_path), "--grid", "optim.lr=1e-4,3e-3"]) == 0
+    out = capsys.readouterr().out
+    (sweep_dir,) = (tmp_path / "runs" / "shakespeare_char-sweep").iterdir()
+    rows = read_csv(sweep_dir)
+    values = [float(r["val/loss"]) for r in rows]
+    assert len(rows) == 2 and values == sorted(values)  # trainer.mode is min
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["best_value"] == pytest.approx(float(row["val/loss"])) and summary["steps_run"] == 6
+    report = json.loads((Path(rows[0]["run_dir"]) / "eval-best-test.json").read_text())
+    assert report["num_tokens"] == 387  # every character of the validation text but its first
+    for name in ("loss", "bits_per_token", "perplexity", "token_accuracy"):
+        assert float(rows[0][f"test/{name}"]) == pytest.approx(report[name], rel=1e-6)
+        assert rows[1][f"test/{name}"] == ""
+    assert "on the whole validation text, 387 tokens; text_chars has no test split" in out
+    assert "no other trial saw the test split" not in out
+
+
+@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna not installed (pip install -e '.[sweep]')")
+def test_a_step_based_optuna_trial_that_validated_to_its_last_step_is_done(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pruner may stop a step-based run at any validation but its last: the run's validations, not
+    trainer.epochs (which a step-based run does not use), say which one is last."""
+    import optuna
+
+    from harness.workflows.search import sweep
+
+    create_study = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: create_study(
+        **{**kw, "pruner": optuna.pruners.ThresholdPruner(upper=0.0)}))  # prunes whenever asked
+    recipe, *overrides = text_args(tmp_path, "trainer.max_steps=3", "trainer.val_every_n_steps=3")
+    result = sweep(recipe, overrides, optuna=1, ranges={"optim.lr": Range(1e-4, 1e-2, log=True)}, seed=0)
+    assert [t["status"] for t in result["trials"]] == ["done"] and result["trials"][0]["test"]

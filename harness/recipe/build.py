@@ -434,6 +434,15 @@ def steps_to_run(recipe: Recipe) -> int | None:
     return 1 if recipe.trainer.fast_dev_run else recipe.trainer.max_steps
 
 
+def validations_to_run(recipe: Recipe) -> int:
+    """How many validations the run makes: its epochs, or a step-based run's intervals of
+    `trainer.val_every_n_steps` (the last may be shorter); each ends with `on_epoch_end`."""
+    steps = steps_to_run(recipe)
+    if steps is None:
+        return epochs_to_run(recipe)
+    return math.ceil(steps / (validation_interval(recipe) or steps))
+
+
 def validation_interval(recipe: Recipe) -> int | None:
     """Steps between validations of a step-based run (`trainer.val_every_n_steps`; None: at the end only)."""
     return 1 if recipe.trainer.fast_dev_run and recipe.trainer.max_steps else recipe.trainer.val_every_n_steps

@@ -66,6 +66,7 @@ from harness.core.checkpoint import atomic_save
 from harness.core.device import move_to_device
 from harness.core.loggers import TensorBoardLogger
 from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
+from harness.data.text_chars import TEXT_CHARS
 from harness.errors import HarnessError, Interrupted
 from harness.metrics.functional import to_labels
 from harness.metrics.report import format_table, mean_std
@@ -147,6 +148,12 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
     recipes = {(label, seed): load_recipe(path, [*overrides, f"trainer.seed={seed}"])
                for label, path in zip(labels, recipe_paths, strict=True) for seed in seeds}
     for (label, _), recipe in recipes.items():
+        if recipe.data.name == TEXT_CHARS:  # its table and tests count test samples of classes
+            raise HarnessError(
+                f"{label}: data.name={TEXT_CHARS}: harness.compare scores classifiers per test sample (accuracy, "
+                "Wilson interval, McNemar, paired bootstrap), and a text's characters are neither independent "
+                "samples nor held out from its validation text; rank text recipes by validation loss with "
+                "harness.sweep (e.g. --grid model.args.n_layer=2,4) and score a checkpoint with harness.evaluate")
         check_monitors(recipe)
         if recipe.trainer.fast_dev_run and label not in checkpoints:
             raise HarnessError("trainer.fast_dev_run writes no checkpoint to compare; for a quick comparison "

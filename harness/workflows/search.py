@@ -50,9 +50,10 @@ from tqdm import tqdm
 from harness.core.callbacks import Callback
 from harness.core.checkpoint import atomic_save
 from harness.core.trainer import NonFiniteLossError, TrainingInterrupted
+from harness.data.text_chars import TEXT_CHARS
 from harness.errors import HarnessError, Interrupted
 from harness.metrics.report import format_table
-from harness.recipe.build import check_monitors, epochs_to_run
+from harness.recipe.build import check_monitors, validations_to_run
 from harness.recipe.run_folder import best_checkpoint, command_folder, last_checkpoint
 from harness.recipe.schema import load_recipe, parse_yaml
 from harness.workflows.evaluation import evaluate
@@ -209,7 +210,8 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
         number = len(rows) + 1
         trial_dir = None if sweep_dir is None else sweep_dir / f"trial-{number:03d}"
         recipe = recipe_for(values)
-        pruning = None if optuna_trial is None else OptunaPruning(optuna_trial, t.monitor, epochs_to_run(recipe))
+        last = validations_to_run(recipe)  # epochs, or a step-based run's validation intervals
+        pruning = None if optuna_trial is None else OptunaPruning(optuna_trial, t.monitor, last)
         # test=False: no trial sees the test split while the search chooses; the chosen one is tested after.
         # Its HParams row: the swept values (a value equal to the default would be missing from the recipe's
         # changed keys), and its val/ scalars as metrics.
@@ -261,8 +263,10 @@ def sweep(recipe_path: str | Path, overrides: Sequence[str] = (), *, grid: dict[
         if sweep_dir is not None:
             _write_csv(sweep_dir / "sweep.csv", ranked, keys, t.monitor)
     print(format_sweep(ranked, keys, t.monitor), flush=True)
-    print(f"# test: {tested or 'no trial was tested (none finished, or fast_dev_run wrote no checkpoint)'}; "
-          "no other trial saw the test split", flush=True)
+    # text_chars has no test split: the chosen trial is scored on the whole validation text, which the others saw
+    unseen = "" if base.data.name == TEXT_CHARS else "; no other trial saw the test split"
+    print(f"# test: {tested or 'no trial was tested (none finished, or fast_dev_run wrote no checkpoint)'}{unseen}",
+          flush=True)
     if sweep_dir is not None:
         print(f"sweep folder: {sweep_dir}  (tensorboard --logdir {sweep_dir}, HPARAMS tab)", flush=True)
     return {"sweep_dir": str(sweep_dir) if sweep_dir else None, "monitor": t.monitor, "mode": t.mode,
@@ -275,6 +279,11 @@ def _test_chosen(chosen: dict[str, Any], recipe: Any) -> str:
     best = best_checkpoint(run_dir)
     checkpoint = best if best.exists() else last_checkpoint(run_dir)
     scores = evaluate(recipe, checkpoint, "test", verbose=False)
+    if recipe.data.name == TEXT_CHARS:  # a language model: per token, on the one held-out text
+        chosen["test"] = {name: scores[name] for name in ("loss", "bits_per_token", "perplexity", "token_accuracy")}
+        return (f"only trial {chosen['trial']}, the chosen one, was scored after the search: {checkpoint.name} "
+                f"(step {scores['step']}) on the whole validation text, {scores['num_tokens']} tokens; text_chars has "
+                "no test split, and the trials were ranked on batches of that same text: not an independent test")
     chosen["test"] = {"loss": scores["loss"], "accuracy": scores["accuracy"],
                       "macro_f1": scores["averages"]["macro"]["f1"]}
     return (f"only trial {chosen['trial']}, the chosen one, was scored on the test split, after the search: "
