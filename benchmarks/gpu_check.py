@@ -34,7 +34,16 @@ def fake_data(root: Path, small: bool) -> None:
     n_train, n_test, per_batch = (3000, 1000, 600) if small else (60000, 10000, 10000)
     write_fake_mnist(root, n_train=n_train, n_test=n_test)
     write_fake_cifar10(root, n_per_batch=per_batch, n_test=n_test)
-    print(f"fake MNIST {n_train}/{n_test} and CIFAR-10 {5 * per_batch}/{n_test} images under {root}")
+    # A text for the GPT recipe (data.path=text.txt, model.args.vocab_size=27): the alphabet, then seeded words
+    # of lower-case letters drawn from 200, spaced: 27 characters, about 12 KB (--small) or 800 KB.
+    rng = torch.Generator().manual_seed(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(letters[i] for i in torch.randint(0, 26, (2 + k % 7,), generator=rng)) for k in range(200)]
+    drawn = torch.randint(0, len(words), (n_test * (2 if small else 14),), generator=rng)
+    text = " ".join([letters, *(words[int(i)] for i in drawn)])
+    (root / "text.txt").write_text(text)
+    print(f"fake MNIST {n_train}/{n_test} and CIFAR-10 {5 * per_batch}/{n_test} images, {len(text)} characters of "
+          f"text under {root}")
 
 
 def sync_audit(recipe_path: str, overrides: list[str]) -> None:
@@ -60,9 +69,12 @@ def sync_audit(recipe_path: str, overrides: list[str]) -> None:
         summary = Run(recipe, recipe_path, verbose=False).execute()
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    steps = summary["epochs_run"] * (recipe.trainer.limit_train_batches or 0)
+    if "steps_run" in summary:  # step-based (text): batches = optimizer steps x accumulated batches
+        steps = summary["steps_run"] * recipe.trainer.accumulate_grad_batches
+    else:
+        steps = summary["epochs_run"] * (recipe.trainer.limit_train_batches or 0)
     print(f"precision {recipe.trainer.precision}: {sum(counts.values())} synchronising calls over {steps} "
-          f"training steps, validation and test (count  file:line):")
+          f"training batches, validation and test (count  file:line):")
     for where, n in counts.most_common(15):
         print(f"{n:6d}  {where}")
 

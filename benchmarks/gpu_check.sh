@@ -8,6 +8,8 @@
 #   sync_<p>.txt       calls that make the host wait for the GPU, per source line, over 200 training steps (with EMA)
 #                      at precision 32, bf16 and 16; expected: about one per 50 steps (the progress refresh), none
 #                      from the GradScaler at 16 (fused SGD/Adam/AdamW take its inf flag on the device)
+#   sync_text.txt      the same for the GPT recipe on a fake text, 3 batches accumulated per step (each batch's loss
+#                      weighted by its share of the group's tokens, counted on the device): expected the same
 #   speed.txt          epoch 2 of the MNIST CNN at 32 / bf16 / 16 / bf16 + channels_last / compiled (a short last
 #                      batch and none), and of the CIFAR-10 ResNet with and without EMA: history.jsonl's epoch line
 #   recompiles_*.txt   Dynamo's recompile log of the compiled runs (expected: none after the first graphs)
@@ -68,6 +70,11 @@ for p in $PRECISIONS; do
   step "sync_$p" 180 $PY benchmarks/gpu_check.py sync-audit recipes/mnist.yaml $C trainer.epochs=1 \
     trainer.limit_train_batches=200 trainer.precision=$p "trainer.ema={decay: 0.999}" logging.name=sync$p
 done
+
+step sync_text 180 $PY benchmarks/gpu_check.py sync-audit recipes/shakespeare_char.yaml $C data.path=text.txt \
+  model.args.vocab_size=27 trainer.max_steps=200 trainer.val_every_n_steps=100 scheduler.warmup_steps=10 \
+  trainer.accumulate_grad_batches=3 \
+  logging.sample=null logging.name=synctext
 
 # 2. speed: the second epoch's line of history.jsonl (epoch_seconds, samples_per_s)
 train() {  # train NAME RECIPE OVERRIDES...
