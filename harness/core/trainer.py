@@ -411,7 +411,8 @@ class Trainer:
                 continue
             group = [first, *(self.to_device(b) for b in islice(batches, group_end - i - 1))]
             counts = torch.stack([tokens, *(self._token_count(b) for b in group[1:])])
-            divisors = _token_divisors(counts)
+            # One batch in one process: its own mean is the token mean (divisor 1, no work in the step).
+            divisors = _token_divisors(counts) if len(group) > 1 or is_distributed() else [1]
             for j, batch in enumerate(group):
                 yield i + j, batch, divisors[j], counts[j]
             i += len(group)
