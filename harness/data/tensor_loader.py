@@ -143,7 +143,41 @@ class FeatureStandardize:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
-class TensorLoader:
+class ShardedEpochs:
+    """What a loader of `targets` sharded by `shard_indices` knows of its epochs: the dataset's size, this
+    rank's samples and batches per epoch, and the epoch whose order the next iteration takes. A subclass
+    sets `targets`, `batch_size`, `shuffle`, `drop_last`, `rank`, `world_size` and `epoch`."""
+
+    targets: torch.Tensor
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    rank: int
+    world_size: int
+    epoch: int
+
+    @property
+    def dataset_size(self) -> int:
+        """Samples in the whole dataset, all ranks together."""
+        return len(self.targets)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank visits per epoch (with training padding, see `shard_indices`)."""
+        return shard_size(self.dataset_size, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of epoch `epoch` for the next iteration."""
+        self.epoch = epoch
+
+
+class TensorLoader(ShardedEpochs):
     """Iterate `(x, y)` batches of a tensor dataset, normalised on the device.
 
     `inputs` is either uint8 images (N, C, H, W), batched as float32 `(pixel/255 - mean)/std` per
@@ -205,26 +239,6 @@ class TensorLoader:
         self.augment = augment
         self.inputs, self.targets = inputs, targets
         self.to(device)
-
-    @property
-    def dataset_size(self) -> int:
-        """Samples in the whole dataset, all ranks together."""
-        return len(self.targets)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank visits per epoch (with training padding, see `shard_indices`)."""
-        return shard_size(self.dataset_size, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size)
-
-    def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of epoch `epoch` for the next iteration."""
-        self.epoch = epoch
 
     def to(self, device: torch.device | str) -> TensorLoader:
         """Move the dataset to `device` (once; batches are then made there)."""

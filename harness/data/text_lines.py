@@ -26,7 +26,6 @@ whatever the run's seed. Ten per cent: one fold of the 10-fold protocol the MR l
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ import torch
 
 from harness.data.bundled import fixed_test_split
 from harness.data.datasets import resolve_data_root
-from harness.data.tensor_loader import check_rank, shard_indices, shard_size
+from harness.data.tensor_loader import ShardedEpochs, check_rank, shard_indices
 from harness.errors import HarnessError
 
 TEXT_LINES = "text_lines"  # the recipe's data.name of this source
@@ -205,7 +204,7 @@ def load_text_lines(files: Mapping[str, str | os.PathLike], root: str | os.PathL
     return full.take(train_idx), full.take(test_idx)
 
 
-class TextLoader:
+class TextLoader(ShardedEpochs):
     """Batches `(tokens, target)` of encoded sentences: tokens int64 (B, L), L the longest sentence of the
     batch, right-padded with `PAD_INDEX`; the model tells real words from padding by `tokens != 0`.
 
@@ -234,25 +233,6 @@ class TextLoader:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.to(device)
-
-    @property
-    def dataset_size(self) -> int:
-        """Sentences in the whole split, all ranks together."""
-        return len(self.targets)
-
-    @property
-    def num_samples(self) -> int:
-        """Sentences this rank visits per epoch (with training padding, see `shard_indices`)."""
-        return shard_size(self.dataset_size, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size)
-
-    def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def to(self, device: torch.device | str) -> TextLoader:
         """Move the padded sentences and the targets to `device` (once; batches are then made there)."""
