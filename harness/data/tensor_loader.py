@@ -145,13 +145,15 @@ class FeatureStandardize:
 
 class ShardedEpochs:
     """What a loader of `targets` sharded by `shard_indices` knows of its epochs: the dataset's size, this
-    rank's samples and batches per epoch, and the epoch whose order the next iteration takes. A subclass
-    sets `targets`, `batch_size`, `shuffle`, `drop_last`, `rank`, `world_size` and `epoch`."""
+    rank's samples and batches per epoch, the epoch whose order the next iteration takes, and that order (the
+    loader's state in a checkpoint: seed and epoch). A subclass sets `targets`, `batch_size`, `shuffle`,
+    `drop_last`, `seed`, `rank`, `world_size` and `epoch`."""
 
     targets: torch.Tensor
     batch_size: int
     shuffle: bool
     drop_last: bool
+    seed: int
     rank: int
     world_size: int
     epoch: int
@@ -175,6 +177,17 @@ class ShardedEpochs:
     def set_epoch(self, epoch: int) -> None:
         """Select the order of epoch `epoch` for the next iteration."""
         self.epoch = epoch
+
+    def epoch_indices(self) -> torch.Tensor:
+        """The samples this rank visits in the current epoch, in order (CPU): `shard_indices`."""
+        return shard_indices(self.dataset_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                             rank=self.rank, world_size=self.world_size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
 
 class TensorLoader(ShardedEpochs):
@@ -248,21 +261,8 @@ class TensorLoader(ShardedEpochs):
         self.normalize.to(self.device)
         return self
 
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        index = shard_indices(
-            self.dataset_size,
-            shuffle=self.shuffle,
-            seed=self.seed,
-            epoch=self.epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-        ).to(self.device)
+        index = self.epoch_indices().to(self.device)
         targets = self.targets[index]  # the epoch's labels in one gather; batches slice views of it
         inputs, normalize, batch_size, augment = self.inputs, self.normalize, self.batch_size, self.augment
         if augment is not None:  # every sample's crop and flip for this epoch, drawn once

@@ -36,7 +36,7 @@ import torch
 
 from harness.data.bundled import fixed_test_split
 from harness.data.datasets import resolve_data_root
-from harness.data.tensor_loader import ShardedEpochs, check_rank, shard_indices
+from harness.data.tensor_loader import ShardedEpochs, check_rank
 from harness.errors import HarnessError
 
 TEXT_LINES = "text_lines"  # the recipe's data.name of this source
@@ -240,15 +240,8 @@ class TextLoader(ShardedEpochs):
         self.padded, self.targets = self.padded.to(self.device), self.targets.to(self.device)
         return self
 
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        index = shard_indices(self.dataset_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                              rank=self.rank, world_size=self.world_size)
+        index = self.epoch_indices()
         stop = len(self) * self.batch_size if self.drop_last else len(index)
         for start in range(0, stop, self.batch_size):
             batch = index[start:start + self.batch_size]
