@@ -20,6 +20,11 @@ A recipe that runs at another precision (`trainer.precision: bf16` or `16`) gets
 precision and memory format), so the figure `evaluate` reports is in the report too, beside the
 float32 row every variant is compared with.
 
+A language model (`data.name: text_chars`, the GPT) gets the same variants, each scored per character
+as `harness.evaluate` scores a text checkpoint: loss, bits per character and token accuracy over every
+character of the validation text, and speed in tokens/s (`harness.workflows.compression_text`, which
+also says what pruning and int8 do to the GPT's tied embedding and head).
+
 Files, in runs/<name>-compress/<timestamp>/: config.yaml, compress.json (every figure),
 compress.md (the table). `compress(recipe, checkpoint)` is the same thing from Python.
 """
@@ -50,9 +55,16 @@ from harness.recipe.choices import DEFAULT_SPARSITIES
 from harness.recipe.parts import build_evaluation, setup
 from harness.recipe.run_folder import check_run_parent, command_folder, write_config, write_json
 from harness.recipe.schema import MetricConfig, Recipe
+from harness.workflows.compression_text import (
+    TOKENS_NOTE,
+    format_token_table,
+    tied_linears,
+    token_figures,
+    tokens_per_s,
+)
+from harness.workflows.evaluation_text import token_metrics
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -62,7 +74,8 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def prune_global(model: nn.Module, sparsity: float) -> nn.Module:
     """A copy of `model` with the `sparsity` fraction of smallest-magnitude Linear/Conv weights set to 0,
-    ranked over all those layers together (a layer that matters less loses more)."""
+    ranked over all those layers together (a layer that matters less loses more). A weight that is also an
+    Embedding's (a GPT's tied head) is pruned as the Linear's, and the embedding shares its zeros."""
     if not 0 <= sparsity < 1:
         raise HarnessError(f"sparsity {sparsity}: must be in [0, 1)")
     pruned = copy.deepcopy(model)
@@ -104,6 +117,12 @@ def confusion_matrix_only(num_classes: int) -> dict[str, MetricConfig]:
     return {"confusion_matrix": MetricConfig(type="confusion_matrix")}
 
 
+def classifier_figures(scores: dict[str, Any], classes: Sequence[str]) -> dict[str, float]:
+    """A classifier's row scores from a `Trainer.evaluate` pass with `confusion_matrix_only`."""
+    summary = classification_summary(scores["confusion_matrix"], classes)
+    return {"loss": scores["loss"], "accuracy": summary["accuracy"], "f1_macro": summary["averages"]["macro"]["f1"]}
+
+
 def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float] = DEFAULT_SPARSITIES,
              recipe_path: str | Path | None = None, *, warmup: int = 10, repeats: int = 100,
              max_seconds: float | None = 2.0, write: bool = True, verbose: bool = True) -> dict[str, Any]:
@@ -111,11 +130,11 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
 
     `warmup` / `repeats` / `max_seconds` go to `harness.core.speed.measure_inference` for each variant
     and batch size. Returns {"checkpoint", "device", "num_test_samples", "batch_sizes", "rows": [...]},
-    one row per variant; written to compress.json / compress.md with `write`.
+    one row per variant; written to compress.json / compress.md with `write`. A language model's report
+    has "step", "weights" and "num_tokens" (validation characters) instead of "epoch" and
+    "num_test_samples", "block_size", "tied_weights", and rows of loss, perplexity, bits_per_token,
+    token_accuracy and tokens_per_s (`harness.workflows.compression_text`).
     """
-    if recipe.data.name == TEXT_CHARS:  # its table is accuracy and macro F1 per class: a classifier's
-        raise HarnessError(f"data.name={TEXT_CHARS}: harness.compress scores classifiers (accuracy, macro F1); "
-                           "a language model's compressed variants are not scored yet")
     sparsities = sorted(set(sparsities))
     if any(not 0 < s < 1 for s in sparsities):
         raise HarnessError(f"--sparsities {','.join(map(str, sparsities))}: each must be between 0 and 1 (exclusive)")
@@ -128,7 +147,9 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
     recipe.trainer.compile, recipe.trainer.channels_last = False, False
     # The checkpoint's weights (EMA when the recipe says so), checked against the recipe's data the
     # way evaluate checks them, and the whole test split.
-    parts = build_evaluation(recipe, setup(recipe), checkpoint, "test", confusion_matrix_only)
+    text = recipe.data.name == TEXT_CHARS  # a language model: scored per character, as evaluate scores it
+    metrics = token_metrics if text else confusion_matrix_only
+    parts = build_evaluation(recipe, setup(recipe), checkpoint, "test", metrics)
     model, state, data = parts.model, parts.state, parts.data
     if not prunable_weights(model):  # every row but the original would be the original again
         raise HarnessError(f"{checkpoint}: {type(model).__name__} has no Linear or Conv layer; compress prunes and "
@@ -146,9 +167,9 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
         variant.eval()
         started = time.perf_counter()
         # A fresh scoring Trainer per variant: the same loss and metrics, nothing carried over.
-        scores = build_evaluator(recipe, variant, parts.evaluator.device, confusion_matrix_only(data.num_classes),
-                                 data.num_classes).evaluate(data.test)
-        summary = classification_summary(scores["confusion_matrix"], data.classes)
+        evaluator = build_evaluator(recipe, variant, parts.evaluator.device, metrics(data.num_classes),
+                                    data.num_classes)
+        scores = evaluator.evaluate(data.test)
         speed = measure_inference(variant, example, batch_sizes, warmup=warmup, repeats=repeats,
                                   max_seconds=max_seconds, device="cpu")
         rows.append({
@@ -157,26 +178,29 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
             # int8 weights are packed inside the quantized layers: not counted
             "weight_sparsity": weight_sparsity(variant) if target is not None else None,
             "int8_linear_layers": sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in variant.modules()),
-            "loss": scores["loss"],
-            "accuracy": summary["accuracy"],
-            "f1_macro": summary["averages"]["macro"]["f1"],
+            **(token_figures(scores) if text else classifier_figures(scores, data.classes)),
             **file_sizes(variant),
             # keyed by the batch size as text, as JSON keys are
             "latency_ms_p50": {str(b["batch_size"]): b["latency_ms"]["p50"] for b in speed["batches"]},
             "samples_per_s": {str(b["batch_size"]): b["throughput_samples_per_s"] for b in speed["batches"]},
-            "seconds": round(time.perf_counter() - started, 3),
         })
+        if text:  # a sample is a window of block_size characters
+            rows[-1]["tokens_per_s"] = tokens_per_s(rows[-1]["samples_per_s"], example.shape[1])
+        rows[-1]["seconds"] = round(time.perf_counter() - started, 3)
     report: dict[str, Any] = {
         "recipe": str(recipe_path) if recipe_path else None,
-        "original_at_recipe_precision": _score_as_evaluate(as_trained, model, data) if
+        "original_at_recipe_precision": _score_as_evaluate(as_trained, model, data, text) if
         as_trained.trainer.precision != "32" else None,
         "checkpoint": str(checkpoint),
-        "epoch": state["epoch"],
+        **({"step": state["global_step"], "weights": parts.weights} if text else {"epoch": state["epoch"]}),
         "device": f"cpu ({speed['device_name']}, {speed['threads']} threads)",  # the same for every row
-        "num_test_samples": summary["support"],
+        # every counted target: a classifier's test samples, a language model's validation characters
+        ("num_tokens" if text else "num_test_samples"): evaluator.last_pass_samples,
         "batch_sizes": list(batch_sizes),
         "size_note": "state_dict: bytes of torch.save(model.state_dict()); deflated: that file compressed with "
                      "zlib level 9 (DEFLATE, as zip/gzip)",
+        **({"block_size": example.shape[1], "speed_note": TOKENS_NOTE, "tied_weights": tied_linears(model)}
+           if text else {}),
         "rows": rows,
     }
     if write:
@@ -192,22 +216,24 @@ def compress(recipe: Recipe, checkpoint: str | Path, sparsities: Sequence[float]
     return report
 
 
-def _score_as_evaluate(recipe: Recipe, model: nn.Module, data: Any) -> dict[str, Any] | None:
+def _score_as_evaluate(recipe: Recipe, model: nn.Module, data: Any, text: bool) -> dict[str, Any] | None:
     """The original scored as `harness.evaluate` scores it: on the recipe's device, at its precision and
     memory format (a copy of the model: the rows' model stays on the CPU in float32). None for fp16 on a
     machine without CUDA, where evaluate would refuse the recipe."""
     device = resolve_device(recipe.trainer.device)
     if recipe.trainer.precision == "16" and device.type != "cuda":
         return None
-    scores = build_evaluator(recipe, copy.deepcopy(model), device, confusion_matrix_only(data.num_classes),
+    metrics = token_metrics if text else confusion_matrix_only
+    scores = build_evaluator(recipe, copy.deepcopy(model), device, metrics(data.num_classes),
                              data.num_classes).evaluate(data.test)
-    summary = classification_summary(scores["confusion_matrix"], data.classes)
-    return {"precision": recipe.trainer.precision, "device": str(device), "loss": scores["loss"],
-            "accuracy": summary["accuracy"], "f1_macro": summary["averages"]["macro"]["f1"]}
+    return {"precision": recipe.trainer.precision, "device": str(device),
+            **(token_figures(scores) if text else classifier_figures(scores, data.classes))}
 
 
 def format_table(report: dict[str, Any]) -> str:
     """The Markdown table of a `compress` report: one row per variant, the original first."""
+    if "num_tokens" in report:  # a language model's: per character
+        return format_token_table(report)
     small, large = (str(b) for b in report["batch_sizes"])
     base = report["rows"][0]
     lines = [
