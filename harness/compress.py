@@ -14,7 +14,8 @@ from harness.recipe.choices import DEFAULT_SPARSITIES
 
 EXAMPLES = """examples:
   python -m harness.compress recipes/mnist_mlp.yaml --checkpoint runs/mnist_mlp/<time>/checkpoints/best.pt
-  python -m harness.compress recipes/mnist.yaml --checkpoint CKPT --sparsities 0.5,0.8,0.95"""
+  python -m harness.compress recipes/mnist.yaml --checkpoint CKPT --sparsities 0.5,0.8,0.95
+  python -m harness.compress recipes/shakespeare_char.yaml --checkpoint CKPT trainer.threads=1   # per character"""
 
 
 def parse_sparsities(text: str) -> list[float]:
