@@ -19,7 +19,7 @@ from harness.recipe.data import build_data
 from harness.recipe.schema import load_recipe
 from harness.recipe.weights import load_checkpoint_model
 from harness.train import main as train_main
-from harness.workflows.compression import compress, prune_global, quantize_int8, weight_sparsity
+from harness.workflows.compression import compress, format_table, prune_global, quantize_int8, weight_sparsity
 from harness.workflows.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -122,6 +122,22 @@ def test_pruning_zeroes_the_tied_matrix_once_and_keeps_the_tie(run: dict) -> Non
     assert pruned.lm_head.weight is pruned.wte.weight  # one matrix still: the embedding shares the head's zeros
     assert (pruned.wte.weight == 0).any() and weight_sparsity(pruned) == pytest.approx(0.5, abs=1e-3)
     assert torch.equal(model.wte.weight, before)  # the original's embedding untouched
+
+
+def test_at_bf16_the_report_also_holds_what_evaluate_reports(run: dict) -> None:
+    """The rows are float32 (the int8 kernels need it); a bf16 recipe's report also holds the original scored
+    as evaluate scores it, at bf16, per character."""
+    assert run["report"]["original_at_recipe_precision"] is None  # a float32 recipe: the original row is it
+    recipe = run["recipe"].model_copy(deep=True)
+    recipe.trainer.precision = "bf16"
+    report = compress(recipe, run["checkpoint"], (0.5,), write=False, verbose=False, **FAST_TIMING)
+    at_bf16, scored = report["original_at_recipe_precision"], evaluate(recipe, run["checkpoint"], write=False,
+                                                                       verbose=False)
+    assert (at_bf16["precision"], at_bf16["device"]) == ("bf16", "cpu")
+    for key in ("loss", "bits_per_token", "token_accuracy"):
+        assert at_bf16[key] == pytest.approx(scored[key], rel=1e-12), key
+    assert at_bf16["loss"] != report["rows"][0]["loss"]  # bf16 does round: the float32 row is another figure
+    assert f"as harness.evaluate scores it): loss {scored['loss']:.4f}, bits per char" in format_table(report)
 
 
 def test_bad_sparsities_on_a_text_recipe_are_one_line(run: dict, tmp_path: Path, capsys) -> None:
