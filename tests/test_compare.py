@@ -122,17 +122,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, fake_mnist: Path, extr
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_text_recipe_is_refused_in_one_line_before_anything_trains(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """compare's table and tests count test samples of classes; a text's characters are neither."""
+def test_a_text_recipe_beside_a_classifier_is_refused_in_one_line_before_anything_trains(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Classifiers are scored per test sample, language models per character over windows: no common table."""
     from harness.compare import main
 
     text = str(REPO / "recipes/shakespeare_char.yaml")
     assert main([text, MLP, "--set", f"logging.root={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: shakespeare_char: data.name=text_chars: harness.compare "
-                                                  "scores classifiers per test sample"), err
-    assert "harness.sweep (e.g. --grid model.args.n_layer=2,4)" in err
+    assert err.count("\n") == 1 and err.startswith("error: mnist_mlp: data.name=mnist beside shakespeare_char's "
+                                                  "text_chars: a comparison holds classifiers"), err
     assert not (tmp_path / "runs").exists()
 
 

@@ -1,6 +1,8 @@
 """How sure a figure is: confidence intervals and paired significance tests (`intervals`), the t
-interval over seeds or folds (`t_interval`), and the Holm adjustment for several tests (`multiple_testing`)."""
+interval over seeds or folds (`t_interval`), the paired bootstrap of a ratio over clusters (`cluster_bootstrap`:
+a language model's windows of characters), and the Holm adjustment for several tests (`multiple_testing`)."""
 
+from harness.stats.cluster_bootstrap import paired_ratio_bootstrap
 from harness.stats.intervals import (
     batched_precision_recall_f1,
     bootstrap_ci,
@@ -23,6 +25,7 @@ __all__ = [
     "mcnemar_test",
     "paired_bootstrap_ci",
     "paired_difference_ci",
+    "paired_ratio_bootstrap",
     "percentile_interval",
     "resample_confmat",
     "student_t_cdf",

@@ -77,6 +77,17 @@ from harness.recipe.run_folder import best_checkpoint, last_checkpoint, new_run_
 from harness.recipe.schema import Recipe, load_recipe
 from harness.recipe.weights import check_same_data, check_vocabulary, load_checkpoint_model
 from harness.stats import t_interval, wilson_interval
+from harness.workflows.comparison_text import (
+    TEXT_COLUMNS,
+    TEXT_EXTRA,
+    TEXT_MEASURED_ONCE,
+    aggregate_text,
+    check_same_windows,
+    format_text_compare,
+    identify_text_windows,
+    score_text,
+    text_pairwise,
+)
 from harness.workflows.evaluation import evaluate
 from harness.workflows.pairwise import CONFIDENCE, pairs_notes, pairs_table_rows, pairwise
 from harness.workflows.training import Run
@@ -140,6 +151,7 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
         raise HarnessError(f"--seeds {','.join(map(str, seeds))}: seed {repeated[0]} is given twice; each seed is one "
                            "run, and a repeated seed would count one run twice: give distinct seeds, e.g. 0,1,2")
     labels = _labels([load_recipe(p, list(overrides)) for p in recipe_paths], recipe_paths)
+    text = first.data.name == TEXT_CHARS  # language models: per character, compared over validation windows
     checkpoints = {k: Path(v) for k, v in (checkpoints or {}).items()}
     unknown = sorted(set(checkpoints) - set(labels))
     if unknown:
@@ -148,12 +160,10 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
     recipes = {(label, seed): load_recipe(path, [*overrides, f"trainer.seed={seed}"])
                for label, path in zip(labels, recipe_paths, strict=True) for seed in seeds}
     for (label, _), recipe in recipes.items():
-        if recipe.data.name == TEXT_CHARS:  # its table and tests count test samples of classes
-            raise HarnessError(
-                f"{label}: data.name={TEXT_CHARS}: harness.compare scores classifiers per test sample (accuracy, "
-                "Wilson interval, McNemar, paired bootstrap), and a text's characters are neither independent "
-                "samples nor held out from its validation text; rank text recipes by validation loss with "
-                "harness.sweep (e.g. --grid model.args.n_layer=2,4) and score a checkpoint with harness.evaluate")
+        if (recipe.data.name == TEXT_CHARS) != text:  # per character vs per test sample: no common table
+            raise HarnessError(f"{label}: data.name={recipe.data.name} beside {labels[0]}'s {first.data.name}: "
+                               f"a comparison holds classifiers (scored per test sample) or {TEXT_CHARS} language "
+                               "models (scored per character over validation windows), not both")
         check_monitors(recipe)
         if recipe.trainer.fast_dev_run and label not in checkpoints:
             raise HarnessError("trainer.fast_dev_run writes no checkpoint to compare; for a quick comparison "
@@ -175,14 +185,16 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
         data_cfg = recipes[(label, seeds[0])].data
         key = data_cfg.model_dump_json()
         if key not in identities:
-            identities[key] = identify_test_split(data_cfg)
+            identities[key] = identify_text_windows(data_cfg) if text else identify_test_split(data_cfg)
         splits.append((label, data_cfg, identities[key]))
-    check_same_test_split(splits)
+    (check_same_windows if text else check_same_test_split)(splits)
     test_split = splits[0][2]
 
     device = setup(first).device
     compare_dir = new_run_folder(Path(first.logging.root) / "compare")
-    print(f"compare: {', '.join(labels)} on the same {first.data.name} test split ({test_split.describe()}), "
+    what = (f"validation text ({test_split.size} windows of {first.data.block_size} characters)" if text
+            else f"{first.data.name} test split ({test_split.describe()})")
+    print(f"compare: {', '.join(labels)} on the same {what}, "
           f"seeds {seeds}; folder {compare_dir}", flush=True)
     # One real input for the FLOP count: shape, dtype and layout exactly as the models see them.
     example = next(iter(build_data(first.data, device, seeds[0]).test))[0][:1]
@@ -190,24 +202,28 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
             for seed in ([None] if label in checkpoints else seeds)]
     result: dict[str, Any] = {"compare_dir": str(compare_dir), "seeds": seeds, "device": str(device),
                               "memory": _memory_note(device), "planned": len(jobs),
+                              "kind": "text" if text else "classifier",
                               "test_split": {"samples": test_split.size, "classes": list(test_split.classes),
-                                             "sha256": test_split.fingerprint},
+                                             "sha256": test_split.fingerprint,
+                                             **({"block_size": first.data.block_size} if text else {})},
                               "models": [], "runs": [], "pairs": [], "failed": []}
     runs: list[dict[str, Any]] = result["runs"]
-    correct: dict[str, dict[int | None, torch.Tensor]] = {}  # model -> seed -> which test samples it gets right
+    # model -> seed -> which test samples it gets right (text: each validation window's summed loss and characters)
+    correct: dict[str, dict[int | None, Any]] = {}
+    columns = [*TEXT_COLUMNS, *TEXT_MEASURED_ONCE, *TEXT_EXTRA] if text else [*COLUMNS, *MEASURED_ONCE, "test_loss"]
     writer = TensorBoardLogger(compare_dir) if first.logging.tensorboard else None
     bar = tqdm(total=len(jobs), desc="models", unit="run", disable=not (first.trainer.progress and sys.stderr.isatty()))
     try:
         for label, path, seed in jobs:
             recipe = recipes[(label, seeds[0] if seed is None else seed)]
             row: dict[str, Any] = {"model": label, "recipe": str(path), "seed": seed, "status": "done", "error": None,
-                                   **dict.fromkeys([*COLUMNS, *MEASURED_ONCE, "test_loss", "checkpoint"])}
+                                   **dict.fromkeys([*columns, "checkpoint"])}
             run_dir = None if seed is None else compare_dir / f"{label}-seed{seed}"
             row["run_dir"] = str(run_dir) if run_dir is not None else None
             measure = not any(r["model"] == label and r["params"] is not None for r in runs)
             try:
                 figures, right = _run_one(recipe, path, run_dir, checkpoints.get(label), device, example, measure,
-                                          hparams={"model": label, "recipe": str(path), "seed": seed})
+                                          hparams={"model": label, "recipe": str(path), "seed": seed}, text=text)
                 row.update(figures)
                 correct.setdefault(label, {})[seed] = right
             except (TrainingInterrupted, Interrupted, KeyboardInterrupt):
@@ -222,12 +238,14 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
                 bar.write(f"{label}" + (f" seed {seed}" if seed is not None else "") + f": failed: {row['error']}",
                           file=sys.stderr)
             else:
+                figures = (f"val loss {row['val_loss']:.4f}  bits/char {row['bits_per_char']:.4f}" if text
+                           else f"test acc {row['test_acc']:.4f}  macro-F1 {row['test_macro_f1']:.4f}")
                 bar.write(f"{label}" + (f" seed {seed}" if seed is not None else f" ({row['checkpoint']})")
-                          + f": test acc {row['test_acc']:.4f}  macro-F1 {row['test_macro_f1']:.4f}",
-                          file=sys.stdout)
-            result["models"] = [_aggregate(m, [r for r in runs if r["model"] == m], test_split.size) for m in labels
-                                if any(r["model"] == m for r in runs)]
-            result["pairs"] = pairwise(labels, correct, seeds)
+                          + f": {figures}", file=sys.stdout)
+            result["models"] = [aggregate_text(m, [r for r in runs if r["model"] == m]) if text
+                                else _aggregate(m, [r for r in runs if r["model"] == m], test_split.size)
+                                for m in labels if any(r["model"] == m for r in runs)]
+            result["pairs"] = (text_pairwise if text else pairwise)(labels, correct, seeds)
             _write_tables(compare_dir, result)  # as each run finishes: an interruption loses no finished figure
             bar.update()
         if writer is not None:  # the finished tables in TensorBoard's TEXT tab
@@ -243,9 +261,11 @@ def compare(recipe_paths: Sequence[str | Path], overrides: Sequence[str] = (), *
 
 
 def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint: Path | None, device: torch.device,
-             example: torch.Tensor, measure: bool, hparams: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+             example: torch.Tensor, measure: bool, hparams: dict[str, Any],
+             text: bool = False) -> tuple[dict[str, Any], Any]:
     """Train one model in `run_dir` (or take `checkpoint` as it is), score it on the test split, measure it.
-    Returns its figures and which test samples it gets right (`test_correctness`)."""
+    Returns its figures and which test samples it gets right (`test_correctness`); a language model
+    (`text`): its per-token figures and per-window losses (`comparison_text.score_text`)."""
     row: dict[str, Any] = {}
     if checkpoint is None:
         assert run_dir is not None
@@ -254,6 +274,9 @@ def _run_one(recipe: Recipe, path: str | Path, run_dir: Path | None, checkpoint:
         row.update(train_seconds=summary["fit_seconds"], peak_mem_mb=_peak_memory_mb(device) if exact else None)
         best = best_checkpoint(run_dir)
         checkpoint = best if best.exists() else last_checkpoint(run_dir)
+    if text:
+        figures, windows = score_text(recipe, checkpoint, measure, count_flops)
+        return {**row, **figures, "checkpoint": str(checkpoint)}, windows
     scores = evaluate(recipe, checkpoint, "test", speed=measure, write=False, verbose=False)
     row.update(checkpoint=str(checkpoint), test_acc=scores["accuracy"],
                test_macro_f1=scores["averages"]["macro"]["f1"], test_loss=scores["loss"])
@@ -296,6 +319,8 @@ def test_correctness(recipe: Recipe, checkpoint: str | Path) -> torch.Tensor:
 
 def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
     """The models' table (one row per model; mean ± sample std over seeds), the pairs' table, and the notes."""
+    if result.get("kind") == "text":
+        return format_text_compare(result, markdown)
     digits = {"test_acc": 4, "test_macro_f1": 4, "train_seconds": 1, "infer_samples_per_s": 0,
               "latency_p50_ms": 3, "latency_p95_ms": 3, "peak_mem_mb": 0}
     rows = []
@@ -400,8 +425,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _write_tables(folder: Path, result: dict[str, Any]) -> None:
     """compare.csv and compare.md, each written atomically (the previous version or the new one, never torn)."""
-    fields = ["model", "recipe", "seed", "status", *COLUMNS, "test_loss", "infer_batch", "checkpoint", "run_dir",
-              "error"]
+    measured = ([*TEXT_COLUMNS, *TEXT_EXTRA] if result.get("kind") == "text" else [*COLUMNS, "test_loss"])
+    fields = ["model", "recipe", "seed", "status", *measured, "infer_batch", "checkpoint", "run_dir", "error"]
     text = io.StringIO()
     out = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     out.writeheader()
