@@ -17,6 +17,8 @@ EXAMPLES = """examples:
   python -m harness.compare recipes/mnist_mlp.yaml recipes/mnist.yaml --seeds 0,1,2 --set trainer.epochs=2
   python -m harness.compare recipes/mnist_mlp.yaml recipes/mnist.yaml \\
       --checkpoint mnist=runs/mnist/<time>/checkpoints/best.pt
+  python -m harness.compare recipes/shakespeare_char.yaml gpt_2layer.yaml --set trainer.max_steps=200
+      (language models: per character; pairs by a paired bootstrap over the validation windows)
   tensorboard --logdir runs/compare"""
 
 

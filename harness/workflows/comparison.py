@@ -43,6 +43,9 @@ the command then exits 1. compare.csv and compare.md are rewritten, atomically, 
                          whose HParams row holds model, recipe and seed and, as its metrics, the run's
                          val/ and test/ scalars under their own tags: `tensorboard --logdir runs/compare/<time>`
 
+Language models (`data.name: text_chars`) are scored per character on the whole validation text and
+compared over its windows instead (`harness.workflows.comparison_text`: no McNemar, no per-character test).
+
 `compare(recipe_paths, ...)` is the same thing from Python and returns that data.
 """
 
