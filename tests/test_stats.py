@@ -22,6 +22,7 @@ from harness.stats import (
     mcnemar_test,
     paired_bootstrap_ci,
     paired_difference_ci,
+    paired_ratio_bootstrap,
     student_t_cdf,
     student_t_quantile,
     t_interval,
@@ -161,6 +162,35 @@ def test_paired_difference_of_correctness_is_the_paired_accuracy_bootstrap() -> 
     assert paired_difference_ci(preds_a == target, preds_a == target) == (0.0, 0.0)
     with pytest.raises(ValueError, match="same samples"):
         paired_difference_ci(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_paired_ratio_bootstrap_over_clusters_equals_scipys_paired_bootstrap() -> None:
+    """Per-window loss sums of two models over windows of unequal length: the point estimate is the ratio
+    of sums, the interval scipy's paired percentile bootstrap of the same statistic (other random draws:
+    within Monte Carlo error), and the p-value follows the side the interval lies on."""
+    g = torch.Generator().manual_seed(3)
+    counts = torch.randint(20, 65, (400,), generator=g).double()
+    difficulty = torch.rand(400, generator=g, dtype=torch.float64) * 2 + 1  # windows differ: a shared effect
+    sums_a = counts * difficulty + torch.randn(400, generator=g, dtype=torch.float64) * 3
+    sums_b = counts * difficulty * 0.99 + torch.randn(400, generator=g, dtype=torch.float64) * 3
+    ours = paired_ratio_bootstrap(sums_a, sums_b, counts, n_resamples=4000, seed=0)
+    assert ours["difference"] == pytest.approx(float((sums_a - sums_b).sum() / counts.sum()), rel=1e-12)
+    a, b, n = sums_a.numpy(), sums_b.numpy(), counts.numpy()
+    scipy_ci = scipy.stats.bootstrap((a, b, n), lambda x, y, m, axis: (x - y).sum(axis) / m.sum(axis), paired=True,
+                                     method="percentile", n_resamples=4000, rng=np.random.default_rng(0)
+                                     ).confidence_interval
+    width = scipy_ci.high - scipy_ci.low
+    assert (ours["low"], ours["high"]) == pytest.approx((scipy_ci.low, scipy_ci.high), abs=0.05 * width)
+    # Paired: the windows' shared difficulty cancels; unpaired resampling would give a far wider interval.
+    assert ours["high"] - ours["low"] < 0.5 * float(2 * 1.96 * (sums_a / counts).std() / math.sqrt(400))
+    assert ours["low"] > 0 and ours["p_value"] < 0.01  # A's loss is higher: the interval and p agree
+    flipped = paired_ratio_bootstrap(sums_b, sums_a, counts, n_resamples=4000, seed=0)
+    assert (flipped["low"], flipped["high"], flipped["p_value"]) == pytest.approx(
+        (-ours["high"], -ours["low"], ours["p_value"]), abs=1e-12)
+    same = paired_ratio_bootstrap(sums_a, sums_a, counts)
+    assert (same["difference"], same["low"], same["high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="same clusters"):
+        paired_ratio_bootstrap(sums_a, sums_b[:3], counts)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 10, 29, 100, 1000, 2.5])
