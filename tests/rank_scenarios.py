@@ -198,6 +198,23 @@ def token_padding(rank: int) -> dict:
     return result
 
 
+def window_losses(rank: int) -> dict:
+    """A tiny GPT's summed loss per validation window, scored by 2 ranks (each every other window, 13 and 12
+    of 25, the last one partly padding): gathered back in the windows' order."""
+    from harness.core.window_losses import WindowLossRecorder
+    from harness.data.text_chars import SequentialWindows
+
+    ids = torch.randint(0, VOCAB, (197,), generator=torch.Generator().manual_seed(5))
+    windows = SequentialWindows(ids, 8, 4, rank=rank, world_size=2)
+    from harness.metrics import TokenCrossEntropyLoss
+
+    scorer = WindowLossRecorder(token_gpt(), None, TokenCrossEntropyLoss(), device="cpu",
+                                progress=False, loggers=[])
+    scores = scorer.validate(windows, prefix="test")
+    nll, tokens = scorer.window_losses()
+    return {"loss": scores["test/loss"], "nll": nll, "tokens": tokens}
+
+
 def compiled_validation(rank: int) -> dict:
     """trainer.compile under DDP: validation runs a compiled bare module too (Dynamo's eager backend here:
     the check is that validation goes through Dynamo, not what Inductor makes of it)."""
@@ -229,7 +246,8 @@ def main() -> None:
               "nan_skips": nan_skips(info.rank), "accumulation": accumulation(info.rank),
               "token_padding": token_padding(info.rank),
               "compiled_validation": compiled_validation(info.rank),
-              "scoring_with_an_idle_rank": scoring_with_an_idle_rank(info.rank)}
+              "scoring_with_an_idle_rank": scoring_with_an_idle_rank(info.rank),
+              "window_losses": window_losses(info.rank)}
     result["collective_devices"] = sorted(set(seen_devices))
     torch.save(result, out / f"rank{info.rank}.pt")
     dist.barrier()

@@ -308,6 +308,29 @@ def test_scoring_fewer_samples_than_ranks_gathers_the_kept_predictions(two_ranks
     assert idle[0]["loss"] == idle[1]["loss"]
 
 
+def test_window_losses_under_two_ranks_come_back_in_window_order(two_ranks: dict) -> None:
+    """compare's per-window losses of a language model: 2 ranks each score every other window; gathered, they
+    are one process's, window for window (the last window's padding left out), and sum to the pass's loss."""
+    from rank_scenarios import VOCAB, token_gpt
+
+    from harness.core.window_losses import WindowLossRecorder
+    from harness.data.text_chars import SequentialWindows
+    from harness.metrics import TokenCrossEntropyLoss
+
+    ids = torch.randint(0, VOCAB, (197,), generator=torch.Generator().manual_seed(5))
+    single = WindowLossRecorder(token_gpt(), None, TokenCrossEntropyLoss(), device="cpu",
+                                progress=False, loggers=[])
+    loss = single.validate(SequentialWindows(ids, 8, 4), prefix="test")["test/loss"]
+    nll, tokens = single.window_losses()
+    assert sorted(tokens.tolist()) == [4] + [8] * 24  # 196 characters predicted: 24 windows of 8, the last of 4
+    for rank in two_ranks["ranks"]:
+        ranked = rank["window_losses"]
+        assert ranked["tokens"].tolist() == tokens.tolist()
+        assert torch.allclose(ranked["nll"], nll, rtol=1e-6)
+        assert ranked["loss"] == pytest.approx(loss, rel=1e-6)
+        assert float(ranked["nll"].sum() / ranked["tokens"].sum()) == pytest.approx(loss, rel=1e-6)
+
+
 def test_cuda_with_an_index_under_torchrun_is_one_line_before_anything_starts(monkeypatch) -> None:
     """Every rank would take GPU N (NCCL: "Duplicate GPU detected"); torchrun's LOCAL_RANK picks the GPU."""
     from harness.core.distributed import process_group_is_up
