@@ -115,6 +115,9 @@ def test_bad_text_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert "data.block_size=600 is larger than the validation text (388 characters)" in error(
         "data.block_size=600", "model.args.block_size=600")
     assert "set trainer.max_steps" in error("trainer.max_steps=null", "trainer.val_every_n_steps=null")
+    # before the text is read (it is not even there): a warmup as long as the run
+    assert "scheduler.warmup_steps=6 leaves no steps for cosine (trainer.max_steps=6 optimizer steps in all)" in \
+        error("scheduler.warmup_steps=6", "data.path=nope/input.txt")
     assert "data.val_size does not apply to text_chars" in error("data.val_size=100")
     assert "model.args.vocab_size=30: the embedding is sized from the data's vocabulary, 27 tokens" in error(
         "model.args.vocab_size=30")

@@ -464,6 +464,9 @@ def check_step_settings(recipe: Recipe) -> None:
     if schedule_interval(sched) == "epoch":
         raise HarnessError(f"scheduler.name={sched.name} is stepped per epoch, and trainer.max_steps trains without "
                            "epochs: set scheduler.interval=step (its counts are then optimizer steps)")
+    if sched.warmup_steps >= t.max_steps and sched.name != "onecycle":  # onecycle: refused for any warmup
+        raise HarnessError(f"scheduler.warmup_steps={sched.warmup_steps} leaves no steps for {sched.name} "
+                           f"(trainer.max_steps={t.max_steps} optimizer steps in all)")
 
 
 def steps_per_epoch(recipe: Recipe, train_batches: int) -> int:
