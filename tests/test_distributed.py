@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, write_fake_mnist, write_idx
-from hang_guard import HANG_GUARD_S
+from hang_guard import HANG_GUARD_S, communicate_guarded, kill_group, run_guarded
 
 from harness.core.checkpoint import read_checkpoint
 from harness.core.seed import seed_everything
@@ -33,7 +33,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 def torchrun(nproc: int, *args: str, data_root: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "HARNESS_DATA_DIR": str(data_root), "OMP_NUM_THREADS": "1"}
     cmd = [*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "harness.train", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a session of its own: a test that gives up on it kills the ranks too (hang_guard.kill_group)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def test_two_ranks_write_one_run_and_count_validation_exactly(tmp_path: Path) -> None:
@@ -45,7 +47,7 @@ def test_two_ranks_write_one_run_and_count_validation_exactly(tmp_path: Path) ->
                  "data.batch_size=32", "data.eval_batch_size=50", "metrics.cm.type=confusion_matrix",
                  "trainer.progress=false", f"logging.root={tmp_path / 'runs'}"]
     proc = torchrun(2, "recipes/mnist_mlp.yaml", *overrides, data_root=data)
-    out, err = proc.communicate(timeout=HANG_GUARD_S)
+    out, err = communicate_guarded(proc)
     assert proc.returncode == 0, err[-3000:]
     assert out.count("test: loss") == 1  # rank 0 alone reports
 
@@ -119,7 +121,7 @@ def test_killing_one_rank_ends_the_job_with_an_error(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=240)  # below the 300 s collective timeout: the job did not wait on it
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill_group(proc)
     assert proc.returncode != 0
     assert "Signal 9 (SIGKILL)" in err or "SIGKILL" in err, err[-2000:]
     last = next((tmp_path / "runs").glob("*/*/checkpoints/last.pt"))
@@ -139,7 +141,7 @@ def test_distributed_evaluate_equals_single_process(tmp_path: Path) -> None:
     best = next((tmp_path / "runs").glob("*/*/checkpoints/best.pt"))
     cmd = [*TORCHRUN, "--nproc_per_node=2", "-m", "harness.evaluate", "recipes/mnist_mlp.yaml",
            "--checkpoint", str(best), *common]
-    ranked = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    ranked = run_guarded(cmd, cwd=REPO, env=env)
     assert ranked.returncode == 0, ranked.stderr[-3000:]
     assert ranked.stdout.count("confusion matrix") == 1  # rank 0 alone reports
     written = json.loads(next(best.parent.parent.glob("eval-best-test.json")).read_text())
@@ -182,7 +184,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict:
         write_idx(data / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images.astype(np.uint8))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [*TORCHRUN, "--nproc_per_node=2", str(REPO / "tests" / "rank_scenarios.py"), str(out), str(data)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    done = run_guarded(cmd, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return {"out": out, "data": data, "ranks": ranks}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, write_fake_mnist
+from hang_guard import run_guarded
 
 from harness.core import sharded_checkpoint
 from harness.train import main
@@ -63,7 +64,7 @@ def torchrun(nproc: int, *args: str, data: Path, kill: str | None = None,
         env.update(HARNESS_KILL_AT=kill, HARNESS_KILL_RANK=kill_rank)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "harness.train", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_guarded(cmd, cwd=REPO, env=env)
 
 
 def assert_same_epochs(run: dict[int, dict], reference: dict[int, dict], epochs: list[int]) -> None:
@@ -79,7 +80,7 @@ def test_every_strategy_gives_one_process_gradients(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "torchrun_gradients.py"), str(tmp_path)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_guarded(cmd, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -167,6 +167,7 @@ def test_the_shipped_recipe_runs_on_the_real_text(tmp_path: Path) -> None:
 def test_two_ranks_count_every_validation_character_once(tmp_path: Path) -> None:
     """torchrun, 2 CPU ranks: each trains on its own windows; the final pass over the whole validation
     split, sharded by rank, sums to exactly what one process computes from the same checkpoint."""
+    from hang_guard import communicate_guarded
     from test_distributed import torchrun
 
     from harness.core.trainer import Trainer
@@ -178,7 +179,7 @@ def test_two_ranks_count_every_validation_character_once(tmp_path: Path) -> None
     text_file(tmp_path)
     overrides = [*TINY, "logging.sample=null", "data.path=words.txt", f"logging.root={tmp_path / 'runs'}"]
     proc = torchrun(2, RECIPE, *overrides, data_root=tmp_path / "data")
-    out, err = proc.communicate(timeout=600)
+    out, err = communicate_guarded(proc)
     assert proc.returncode == 0, err[-3000:]
     assert out.count("test: loss") == 1  # rank 0 alone reports
     run = run_folder(tmp_path)

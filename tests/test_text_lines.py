@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import LATIN1_WORDS, REPO, need_real_mr, write_fake_mr
+from hang_guard import run_guarded
 
 from harness.data import TextLines, TextLoader, build_vocabulary, load_text_lines
 from harness.data.text_lines import PAD_INDEX, UNK_INDEX, read_text_lines
@@ -210,14 +211,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
 def test_the_real_mr_is_not_utf8_and_the_command_line_says_where(tmp_path: Path) -> None:
     """A subprocess, as a user runs it: MR read as UTF-8 fails at the first non-ASCII byte of the .neg file."""
     import os
-    import subprocess
     import sys
 
     root = need_real_mr()
     env = {**os.environ, "HARNESS_DATA_DIR": str(root)}
-    result = subprocess.run([sys.executable, "-m", "harness.train", RECIPE, "data.encoding=utf-8",
-                             f"logging.root={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = run_guarded([sys.executable, "-m", "harness.train", RECIPE, "data.encoding=utf-8",
+                          f"logging.root={tmp_path}"], cwd=REPO, env=env)
     assert result.returncode == 2, result.stderr
     assert result.stderr == (f"error: data.files.neg: {root / FILES['neg']} is not valid utf-8 (data.encoding): byte "
                              "offset 3777 (0xe9) cannot be decoded; set data.encoding to the file's encoding, e.g. "
