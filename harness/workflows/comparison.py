@@ -80,6 +80,7 @@ from harness.recipe.run_folder import best_checkpoint, last_checkpoint, new_run_
 from harness.recipe.schema import Recipe, load_recipe
 from harness.recipe.weights import check_same_data, check_vocabulary, load_checkpoint_model
 from harness.stats import t_interval, wilson_interval
+from harness.workflows.comparison_table import models_table
 from harness.workflows.comparison_text import (
     TEXT_COLUMNS,
     TEXT_EXTRA,
@@ -326,26 +327,9 @@ def format_compare(result: dict[str, Any], markdown: bool = False) -> str:
         return format_text_compare(result, markdown)
     digits = {"test_acc": 4, "test_macro_f1": 4, "train_seconds": 1, "infer_samples_per_s": 0,
               "latency_p50_ms": 3, "latency_p95_ms": 3, "peak_mem_mb": 0}
-    rows = []
-    for model in result["models"]:
-        failed, total = len(model["failed"]), len(model["seeds"]) + len(model["failed"])
-        cells = [model["label"] + (f" ({failed} of {total} failed)" if failed else "")]
-        for key in COLUMNS:
-            mean, std = model[key]
-            if mean is None:
-                cells.append("-")
-            elif key in ("params", "flops_per_sample"):
-                cells.append(f"{mean:,.0f}")
-            else:
-                d = digits[key]
-                cells.append(f"{mean:,.{d}f}" + (f" ± {std:,.{d}f}" if not math.isnan(std) else ""))
-            if key == "test_acc":
-                interval = model["test_acc_interval"]
-                cells.append("-" if interval is None else f"[{interval['low']:.4f}, {interval['high']:.4f}]")
-        rows.append(cells)
-    headings = [*COLUMNS.values()]
-    headings.insert(1, f"test acc {100 * CONFIDENCE:g} %")
-    table = format_table(["model", *headings], rows, markdown=markdown)
+    table = models_table(result["models"], COLUMNS, digits, counts=("params", "flops_per_sample"),
+                         interval=("test_acc", "test_acc_interval", f"test acc {100 * CONFIDENCE:g} %"),
+                         markdown=markdown)
     pair_header, pair_rows = pairs_table_rows(result["pairs"])
     pairs = format_table(pair_header, pair_rows, markdown=markdown) if pair_rows else ""
     batch = next((r["infer_batch"] for r in result["runs"] if r["infer_batch"] is not None), "-")

@@ -43,6 +43,7 @@ from harness.recipe.data import SplitIdentity
 from harness.recipe.parts import build_evaluation, setup
 from harness.recipe.schema import DataConfig, Recipe
 from harness.stats import holm_adjust, paired_ratio_bootstrap, t_interval
+from harness.workflows.comparison_table import models_table
 from harness.workflows.evaluation_text import token_metrics, token_report
 from harness.workflows.pairwise import ALPHA, BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, format_p
 
@@ -220,26 +221,8 @@ def format_text_compare(result: dict[str, Any], markdown: bool = False) -> str:
     """The language models' table, the pairs' table and the notes (`format_compare` for text)."""
     digits = {"val_loss": 4, "bits_per_char": 4, "perplexity": 3, "token_acc": 4, "train_seconds": 1,
               "infer_tokens_per_s": 0, "latency_p50_ms": 3, "latency_p95_ms": 3, "peak_mem_mb": 0}
-    rows = []
-    for model in result["models"]:
-        failed, total = len(model["failed"]), len(model["seeds"]) + len(model["failed"])
-        cells = [model["label"] + (f" ({failed} of {total} failed)" if failed else "")]
-        for key in TEXT_COLUMNS:
-            mean, std = model[key]
-            if mean is None:
-                cells.append("-")
-            elif key in ("params", "flops_per_window"):
-                cells.append(f"{mean:,.0f}")
-            else:
-                d = digits[key]
-                cells.append(f"{mean:,.{d}f}" + (f" ± {std:,.{d}f}" if not math.isnan(std) else ""))
-            if key == "val_loss":
-                interval = model["loss_interval"]
-                cells.append("-" if interval is None else f"[{interval['low']:.4f}, {interval['high']:.4f}]")
-        rows.append(cells)
-    headings = [*TEXT_COLUMNS.values()]
-    headings.insert(1, f"val loss {100 * CONFIDENCE:g} %")
-    table = format_table(["model", *headings], rows, markdown=markdown)
+    table = models_table(result["models"], TEXT_COLUMNS, digits, counts=("params", "flops_per_window"),
+                         interval=("val_loss", "loss_interval", f"val loss {100 * CONFIDENCE:g} %"), markdown=markdown)
     pairs = result["pairs"]
     holm = any(p["holm_family"] > 1 for p in pairs)
     over = any(p["over_seeds"] for p in pairs)
