@@ -49,6 +49,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.core.activation_checkpointing import checkpoint_activations
+from harness.core.memory import bytes_saved_for_backward
 from models import ResidualMLP
 from models.gpt import GPT
 
@@ -57,19 +58,10 @@ VOCABULARY = 65  # tiny Shakespeare's characters
 
 
 def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Bytes of the tensors autograd keeps from one forward for its backward."""
-    total = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_of(model, x, y)
-    loss.backward()
+    """Bytes of the tensors autograd keeps from one forward for its backward (gradients cleared after)."""
+    kept = bytes_saved_for_backward(lambda: loss_of(model, x, y))
     model.zero_grad(set_to_none=True)
-    return total
+    return kept
 
 
 def loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 from harness.core import faults, sharded_checkpoint
 from harness.core.activation_checkpointing import checkpoint_activations, is_checkpointed
 from harness.core.fsdp import block_modules, lockstep
-from harness.core.memory import format_bytes, format_report, per_rank_report, state_bytes
+from harness.core.memory import bytes_saved_for_backward, format_bytes, format_report, per_rank_report, state_bytes
 from harness.core.trainer import Trainer
 from harness.errors import HarnessError
 from harness.train import main
@@ -50,16 +50,7 @@ def test_the_blocks_to_shard_default_to_the_models_blocks_list() -> None:
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the tensors autograd keeps from the forward for the backward."""
-    total = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum().backward()
-    return total
+    return bytes_saved_for_backward(lambda: model(x).sum())
 
 
 def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less() -> None:
